@@ -1,0 +1,106 @@
+"""The shortener service: a Flask application factory."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from dataclasses import dataclass
+
+from flask import Flask, Response, current_app, g, request
+
+from app import errors, metrics
+from app.cache import Cache, CircuitBreaker
+from app.config import Settings, get_settings
+from app.db import Database
+from app.logs import configure_logging
+
+log = logging.getLogger("shortener.access")
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+@dataclass
+class Services:
+    settings: Settings
+    db: Database
+    cache: Cache
+
+
+def services() -> Services:
+    return current_app.extensions["shortener"]
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    settings = settings or get_settings()
+    configure_logging(settings.log_level)
+
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_content_length
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+
+    db = Database(
+        settings.database_url,
+        settings.db_pool_min,
+        settings.db_pool_max,
+        settings.db_pool_timeout,
+        settings.db_connect_timeout,
+    )
+    cache = Cache(
+        settings.redis_url,
+        socket_timeout=settings.redis_socket_timeout,
+        connect_timeout=settings.redis_connect_timeout,
+        breaker=CircuitBreaker(settings.breaker_failure_threshold, settings.breaker_reset_seconds),
+        ttl=settings.cache_ttl_seconds,
+        negative_ttl=settings.cache_negative_ttl_seconds,
+        tombstone_ttl=settings.cache_tombstone_seconds,
+        stream=settings.click_stream,
+    )
+    app.extensions["shortener"] = Services(settings, db, cache)
+    metrics.worker_started(settings.db_pool_max, cache.enabled)
+
+    if settings.migrate_on_start:
+        from app.migrate import migrate
+
+        applied = migrate(db, settings)
+        if applied:
+            logging.getLogger(__name__).info("schema migrated", extra={"applied": applied})
+
+    from app.api import events, health, redirect, urls, users, web
+    from app.openapi import bp as openapi_bp
+
+    for blueprint in (users.bp, urls.bp, events.bp, health.bp, metrics.bp, openapi_bp, web.bp, redirect.bp):
+        app.register_blueprint(blueprint)
+    errors.register(app)
+    _instrument(app)
+    return app
+
+
+def _instrument(app: Flask) -> None:
+    @app.before_request
+    def _start() -> None:
+        g.started = time.perf_counter()
+        incoming = request.headers.get("X-Request-ID", "")
+        g.request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+
+    @app.after_request
+    def _finish(response: Response) -> Response:
+        elapsed = time.perf_counter() - g.get("started", time.perf_counter())
+        endpoint = request.url_rule.rule if request.url_rule is not None else "unmatched"
+        status = str(response.status_code)
+        metrics.HTTP_REQUESTS.labels(request.method, endpoint, status).inc()
+        metrics.HTTP_DURATION.labels(request.method, endpoint, status).observe(elapsed)
+        response.headers["X-Request-ID"] = g.get("request_id", "")
+        log.info(
+            "request",
+            extra={
+                "request_id": g.get("request_id"),
+                "method": request.method,
+                "path": request.path,
+                "status": response.status_code,
+                "duration_ms": round(elapsed * 1000, 2),
+                "remote_addr": request.headers.get("X-Real-IP", request.remote_addr),
+            },
+        )
+        return response

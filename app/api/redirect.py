@@ -1,0 +1,86 @@
+"""GET /<short_code>: the hot path. One Redis round trip on a cache hit, click included."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+
+from flask import Blueprint, Response, request
+
+from app import clicks, metrics, services, sql
+from app.cache import NEGATIVE, TOMBSTONE, CachedLink, Unavailable
+from app.errors import ApiError
+
+log = logging.getLogger(__name__)
+
+bp = Blueprint("redirect", __name__)
+
+_CODE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+def _redirect(link: CachedLink) -> Response:
+    response = Response(status=link.status)
+    response.headers["Location"] = link.original_url
+    response.headers["Cache-Control"] = "private, no-store"
+    return response
+
+
+@bp.route("/<short_code>", methods=["GET", "HEAD"])
+def follow(short_code: str) -> Response:
+    if not _CODE.match(short_code):
+        raise ApiError(404, "Short link not found")
+    svc = services()
+    cache = svc.cache
+    # HEAD (link previews, monitors) answers like GET but is not a click.
+    counted = request.method == "GET"
+    click = clicks.new_click(request.referrer, request.user_agent.string) if counted else None
+
+    cached: str | None = None
+    cache_up = False
+    if cache.enabled:
+        try:
+            if click is not None:
+                cached = cache.lookup_and_click(short_code, click)
+            else:
+                cached = cache.peek(short_code)
+            cache_up = True
+        except Unavailable:
+            metrics.CACHE_REQUESTS.labels("bypass").inc()
+    if cached == NEGATIVE:
+        metrics.CACHE_REQUESTS.labels("negative_hit").inc()
+        raise ApiError(404, "Short link not found")
+    if cached and cached != TOMBSTONE:
+        metrics.CACHE_REQUESTS.labels("hit").inc()
+        if click is not None:
+            metrics.CLICKS_QUEUED.inc()
+        return _redirect(CachedLink.decode(cached))
+    if cache_up:
+        metrics.CACHE_REQUESTS.labels("miss").inc()
+
+    row = svc.db.fetch_one(sql.RESOLVE_CODE, (short_code,))
+    link = None
+    if row is not None and row["is_active"]:
+        link = CachedLink(row["id"], row["user_id"], row["redirect_type"], row["original_url"])
+    if cache_up:
+        with contextlib.suppress(Unavailable):
+            cache.fill(short_code, link)
+    if link is None:
+        raise ApiError(404, "Short link not found")
+    if click is not None:
+        _record(click, link, short_code)
+    return _redirect(link)
+
+
+def _record(click: dict[str, str], link: CachedLink, code: str) -> None:
+    """A click missed by the cache script: queue it, or write it at once if Redis is out."""
+    svc = services()
+    fields = dict(click, u=str(link.url_id), o="" if link.user_id is None else str(link.user_id), s=code)
+    if svc.cache.enabled:
+        try:
+            svc.cache.call(lambda r: r.xadd(svc.cache.stream, fields))
+            metrics.CLICKS_QUEUED.inc()
+            return
+        except Unavailable:
+            pass
+    clicks.write_direct(svc.db, click, link.url_id, link.user_id, code)

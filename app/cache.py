@@ -1,0 +1,228 @@
+"""Redis: the redirect cache and the click queue, behind a circuit breaker.
+
+A link is cached as one string ``url_id \\t user_id \\t status \\t original_url`` under
+``shortener:url:<code>``. Two other values mark a key: ``-`` (the code is unknown or inactive:
+negative cache, short TTL) and ``!`` (a tombstone: the link just changed, do not fill the cache
+for a few seconds). The tombstone closes the cache-aside race where a reader that loaded the
+old row from PostgreSQL writes it back after the writer invalidated it.
+
+A redirect that hits the cache costs ONE Redis round trip: a Lua script reads the key and, on
+a hit, appends the click to the stream in the same call.
+
+Every call has a short socket timeout. After a few consecutive failures the breaker opens and
+the service stops calling Redis for a while, so no request waits on a dead Redis; after the
+pause one call probes it. When the breaker closes again the cache is emptied, because
+invalidations made while Redis was unreachable were lost.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+import redis
+from redis.exceptions import RedisError
+
+from app import metrics
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+KEY_PREFIX = "shortener:url:"
+NEGATIVE = "-"
+TOMBSTONE = "!"
+
+# KEYS[1] link key, KEYS[2] click stream. ARGV: click_id, ts, referrer, user_agent, code.
+_HIT_SCRIPT = """
+local v = redis.call('GET', KEYS[1])
+if not v or v == '!' or v == '-' then return v end
+local id, uid = string.match(v, '^(%d+)\\t(%d*)\\t')
+redis.call('XADD', KEYS[2], '*', 'c', ARGV[1], 'u', id, 'o', uid, 't', ARGV[2],
+           'r', ARGV[3], 'a', ARGV[4], 's', ARGV[5])
+return v
+"""
+
+# KEYS[1] link key. ARGV: value, ttl. Fills unless a tombstone is there.
+_FILL_SCRIPT = """
+if redis.call('GET', KEYS[1]) == '!' then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+return 1
+"""
+
+
+@dataclass(frozen=True)
+class CachedLink:
+    url_id: int
+    user_id: int | None
+    status: int
+    original_url: str
+
+    def encode(self) -> str:
+        uid = "" if self.user_id is None else str(self.user_id)
+        return f"{self.url_id}\t{uid}\t{self.status}\t{self.original_url}"
+
+    @classmethod
+    def decode(cls, value: str) -> CachedLink:
+        url_id, user_id, status, original_url = value.split("\t", 3)
+        return cls(int(url_id), int(user_id) if user_id else None, int(status), original_url)
+
+
+class Unavailable(Exception):
+    """Redis is not configured, or the breaker is open, or the call failed."""
+
+
+class CircuitBreaker:
+    """Opens after ``threshold`` consecutive failures; lets one probe through after ``reset``."""
+
+    def __init__(
+        self, threshold: int, reset_seconds: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.threshold = threshold
+        self.reset_seconds = reset_seconds
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._failures = 0
+        self._opened_at: float | None = None
+        self._probing = False
+
+    @property
+    def is_open(self) -> bool:
+        return self._opened_at is not None
+
+    def allow(self) -> bool:
+        with self._lock:
+            if self._opened_at is None:
+                return True
+            if self._probing or self._clock() - self._opened_at < self.reset_seconds:
+                return False
+            self._probing = True
+            return True
+
+    def success(self) -> bool:
+        """Records a success; True when this closed an open breaker."""
+        with self._lock:
+            was_open = self._opened_at is not None
+            self._failures = 0
+            self._opened_at = None
+            self._probing = False
+            return was_open
+
+    def failure(self) -> bool:
+        """Records a failure; True when this opened the breaker."""
+        with self._lock:
+            self._failures += 1
+            if self._opened_at is not None:
+                # A failed probe: stay open for another pause.
+                self._opened_at = self._clock()
+                self._probing = False
+                return False
+            if self._failures >= self.threshold:
+                self._opened_at = self._clock()
+                return True
+            return False
+
+
+class Cache:
+    def __init__(
+        self,
+        url: str,
+        *,
+        socket_timeout: float,
+        connect_timeout: float,
+        breaker: CircuitBreaker,
+        ttl: int,
+        negative_ttl: int,
+        tombstone_ttl: int,
+        stream: str,
+    ) -> None:
+        self.enabled = bool(url)
+        self.breaker = breaker
+        self.ttl = ttl
+        self.negative_ttl = negative_ttl
+        self.tombstone_ttl = tombstone_ttl
+        self.stream = stream
+        self.client: redis.Redis | None = None
+        if self.enabled:
+            self.client = redis.Redis.from_url(
+                url,
+                socket_timeout=socket_timeout,
+                socket_connect_timeout=connect_timeout,
+                decode_responses=True,
+                health_check_interval=0,
+                retry_on_timeout=False,
+            )
+            self._hit = self.client.register_script(_HIT_SCRIPT)
+            self._fill = self.client.register_script(_FILL_SCRIPT)
+
+    @property
+    def state(self) -> str:
+        if not self.enabled:
+            return "disabled"
+        return "degraded" if self.breaker.is_open else "ok"
+
+    def call(self, fn: Callable[[redis.Redis], T]) -> T:
+        """Runs one Redis operation through the breaker; raises Unavailable on any failure."""
+        if self.client is None:
+            raise Unavailable("redis is not configured")
+        if not self.breaker.allow():
+            raise Unavailable("redis circuit breaker is open")
+        try:
+            result = fn(self.client)
+        except RedisError as exc:
+            if self.breaker.failure():
+                log.warning("redis unavailable, circuit breaker opened", extra={"error": str(exc)})
+            metrics.DEPENDENCY_UP.labels("cache").set(0)
+            raise Unavailable(str(exc)) from exc
+        if self.breaker.success():
+            log.warning("redis is back, circuit breaker closed; emptying the link cache")
+            metrics.DEPENDENCY_UP.labels("cache").set(1)
+            self._flush_links()
+        return result
+
+    def _flush_links(self) -> None:
+        assert self.client is not None
+        try:
+            batch: list[str] = []
+            for key in self.client.scan_iter(match=KEY_PREFIX + "*", count=1000):
+                batch.append(key)
+                if len(batch) >= 1000:
+                    self.client.unlink(*batch)
+                    batch.clear()
+            if batch:
+                self.client.unlink(*batch)
+        except RedisError as exc:
+            log.warning("could not empty the link cache", extra={"error": str(exc)})
+
+    def ping(self) -> bool:
+        try:
+            return bool(self.call(lambda r: r.ping()))
+        except Unavailable:
+            return False
+
+    # --- redirect path -----------------------------------------------------------------
+    def lookup_and_click(self, code: str, click: dict[str, str]) -> str | None:
+        """Reads a link; on a hit also queues the click. Returns the raw value or None."""
+        key = KEY_PREFIX + code
+        args = [click["c"], click["t"], click["r"], click["a"], code]
+        return self.call(lambda r: self._hit(keys=[key, self.stream], args=args, client=r))
+
+    def peek(self, code: str) -> str | None:
+        """Reads a link without counting a click (HEAD requests)."""
+        return self.call(lambda r: r.get(KEY_PREFIX + code))
+
+    def fill(self, code: str, link: CachedLink | None) -> None:
+        key = KEY_PREFIX + code
+        if link is None:
+            self.call(lambda r: self._fill(keys=[key], args=[NEGATIVE, self.negative_ttl], client=r))
+        else:
+            self.call(lambda r: self._fill(keys=[key], args=[link.encode(), self.ttl], client=r))
+
+    def invalidate(self, code: str) -> None:
+        """Called after the change is committed: every instance sees it on its next read."""
+        key = KEY_PREFIX + code
+        self.call(lambda r: r.set(key, TOMBSTONE, ex=self.tombstone_ttl))

@@ -1,0 +1,210 @@
+"""The click worker: moves clicks from the Redis stream into PostgreSQL, in batches.
+
+Run as its own process: ``python -m app.clickworker``. Several may run at once.
+
+Delivery is at least once and the write is idempotent (see clicks.py), so nothing is lost and
+nothing is counted twice:
+- a batch is acknowledged (XACK) and deleted from the stream only after its insert committed;
+- a worker killed mid-batch leaves its entries pending in the consumer group; the next worker
+  to start (or any worker, once they have been idle for ``clickworker_claim_idle_ms``) claims
+  them and writes them again, which inserts only the clicks that were missing;
+- when PostgreSQL is down the entries stay in Redis and the worker retries with back-off;
+- when Redis is down the worker waits for it; redirects meanwhile write their clicks directly.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from types import FrameType
+
+import redis
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+from redis.exceptions import RedisError, ResponseError
+
+from app import clicks
+from app.config import Settings, get_settings
+from app.db import Database, DatabaseUnavailable
+from app.logs import configure_logging
+
+log = logging.getLogger("shortener.clickworker")
+
+GROUP = "writers"
+
+WRITTEN = Counter("shortener_clickworker_clicks_written_total", "Clicks inserted into PostgreSQL.")
+BATCHES = Histogram(
+    "shortener_clickworker_batch_seconds",
+    "Time to write one batch of clicks.",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)
+FAILURES = Counter(
+    "shortener_clickworker_failures_total", "Batches that could not be written, by cause.", ["cause"]
+)
+BACKLOG = Gauge("shortener_clickworker_backlog", "Clicks in the stream, not yet written.")
+PENDING = Gauge("shortener_clickworker_pending", "Clicks delivered to a worker but not acknowledged.")
+LAST_SUCCESS = Gauge(
+    "shortener_clickworker_last_success_timestamp_seconds", "When the worker last completed a loop."
+)
+
+
+class ClickWorker:
+    def __init__(self, settings: Settings, db: Database, client: redis.Redis, name: str) -> None:
+        self.settings = settings
+        self.db = db
+        self.redis = client
+        self.stream = settings.click_stream
+        self.name = name
+        self.stopping = threading.Event()
+
+    def ensure_group(self) -> None:
+        try:
+            self.redis.xgroup_create(self.stream, GROUP, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    def _write(self, entries: list[tuple[str, dict[str, str]]]) -> int:
+        """Writes then acknowledges; raises if PostgreSQL fails (entries stay pending)."""
+        if not entries:
+            return 0
+        started = time.perf_counter()
+        rows = []
+        for _, fields in entries:
+            try:
+                rows.append(clicks.row_from_fields(fields))
+            except (KeyError, ValueError):
+                # Not a click we wrote: keep it out of the table, but say so.
+                log.error("dropping malformed stream entry", extra={"fields": fields})
+        new = clicks.write_rows(self.db, rows)
+        ids = [entry_id for entry_id, _ in entries]
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.xack(self.stream, GROUP, *ids)
+        pipe.xdel(self.stream, *ids)
+        pipe.execute()
+        WRITTEN.inc(new)
+        BATCHES.observe(time.perf_counter() - started)
+        return len(entries)
+
+    def claim_stale(self) -> int:
+        """Takes over entries left pending by a worker that died."""
+        done = 0
+        start = "0-0"
+        while True:
+            result = self.redis.xautoclaim(
+                self.stream,
+                GROUP,
+                self.name,
+                self.settings.clickworker_claim_idle_ms,
+                start_id=start,
+                count=self.settings.clickworker_batch_size,
+            )
+            start, claimed = result[0], result[1]
+            done += self._write([(i, f) for i, f in claimed if f])
+            if start in ("0-0", b"0-0"):
+                return done
+
+    def own_pending(self) -> int:
+        """Entries delivered to this consumer name before, not acknowledged (a restart)."""
+        done = 0
+        while True:
+            reply = self.redis.xreadgroup(
+                GROUP, self.name, {self.stream: "0"}, count=self.settings.clickworker_batch_size
+            )
+            batch = reply[0][1] if reply else []
+            if not batch:
+                return done
+            # An entry deleted from the stream but still pending comes back without fields.
+            gone = [i for i, f in batch if not f]
+            if gone:
+                self.redis.xack(self.stream, GROUP, *gone)
+            done += self._write([(i, f) for i, f in batch if f])
+
+    def step(self) -> int:
+        reply = self.redis.xreadgroup(
+            GROUP,
+            self.name,
+            {self.stream: ">"},
+            count=self.settings.clickworker_batch_size,
+            block=self.settings.clickworker_block_ms,
+        )
+        entries = reply[0][1] if reply else []
+        return self._write(entries)
+
+    def update_gauges(self) -> None:
+        BACKLOG.set(self.redis.xlen(self.stream))
+        try:
+            PENDING.set(self.redis.xpending(self.stream, GROUP)["pending"])
+        except ResponseError:
+            PENDING.set(0)
+        LAST_SUCCESS.set(time.time())
+
+    def run(self) -> None:
+        delay = 0.5
+        recovered = False
+        last_claim = 0.0
+        while not self.stopping.is_set():
+            try:
+                if not recovered:
+                    self.ensure_group()
+                    self.own_pending()
+                    recovered = True
+                if time.monotonic() - last_claim > self.settings.clickworker_claim_idle_ms / 2000:
+                    self.claim_stale()
+                    last_claim = time.monotonic()
+                self.step()
+                self.update_gauges()
+                delay = 0.5
+            except DatabaseUnavailable as exc:
+                FAILURES.labels("database").inc()
+                log.warning("database unavailable, clicks wait in Redis", extra={"error": str(exc)})
+                recovered = False
+                self.stopping.wait(delay)
+                delay = min(delay * 2, 10.0)
+            except RedisError as exc:
+                FAILURES.labels("redis").inc()
+                log.warning("redis unavailable", extra={"error": str(exc)})
+                recovered = False
+                self.stopping.wait(delay)
+                delay = min(delay * 2, 10.0)
+
+
+def main() -> int:
+    settings = get_settings()
+    configure_logging(settings.log_level)
+    if not settings.redis_url:
+        log.error("SHORTENER_REDIS_URL is empty: without Redis, redirects write clicks themselves")
+        return 2
+    host, _, port = settings.clickworker_metrics_addr.rpartition(":")
+    if port:
+        start_http_server(int(port), addr=host or "127.0.0.1")
+    db = Database(settings.database_url, 1, 2, 10.0, settings.db_connect_timeout)
+    client = redis.Redis.from_url(
+        settings.redis_url,
+        socket_timeout=max(settings.redis_socket_timeout, settings.clickworker_block_ms / 1000 + 2),
+        socket_connect_timeout=settings.redis_connect_timeout,
+        decode_responses=True,
+    )
+    # A stable name per host and unit lets a restarted worker find its own pending entries
+    # at once; claim_stale covers the rest.
+    name = os.environ.get("SHORTENER_CLICKWORKER_NAME") or f"{socket.gethostname()}-clickworker"
+    worker = ClickWorker(settings, db, client, name)
+
+    def _stop(signum: int, frame: FrameType | None) -> None:
+        log.info("stopping after the current batch", extra={"signal": signum})
+        worker.stopping.set()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    log.info("click worker started", extra={"consumer": name, "stream": worker.stream})
+    worker.run()
+    db.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,180 @@
+"""GET /openapi.json: the API described from the same pydantic models that validate it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, Response, jsonify
+from pydantic.json_schema import models_json_schema
+
+from app import schemas
+
+bp = Blueprint("openapi", __name__)
+
+_REF = "#/components/schemas/{model}"
+
+
+def _schemas() -> dict[str, Any]:
+    models = [
+        (schemas.UserIn, "validation"),
+        (schemas.UserUpdate, "validation"),
+        (schemas.UrlIn, "validation"),
+        (schemas.UrlUpdate, "validation"),
+        (schemas.EventIn, "validation"),
+        (schemas.User, "serialization"),
+        (schemas.Url, "serialization"),
+        (schemas.Event, "serialization"),
+        (schemas.Error, "serialization"),
+        (schemas.BulkResult, "serialization"),
+    ]
+    _, top = models_json_schema(models, ref_template=_REF)
+    return top.get("$defs", {})
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": _REF.format(model=name)}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _errors(*codes: int) -> dict[str, Any]:
+    text = {
+        400: "Body or query is malformed",
+        404: "Not found",
+        409: "Conflict",
+        422: "Validation failed",
+        503: "Database unavailable",
+    }
+    return {str(c): _json(_ref("Error"), text[c]) for c in codes}
+
+
+def _body(name: str) -> dict[str, Any]:
+    return {"required": True, "content": {"application/json": {"schema": _ref(name)}}}
+
+
+def _query(name: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "schema": schema}
+
+
+def _path(name: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "schema": schema}
+
+
+PAGING = [
+    _query("page", {"type": "integer", "minimum": 1}),
+    _query("per_page", {"type": "integer", "minimum": 1}),
+]
+ID = {"type": "integer", "minimum": 1}
+
+
+def spec() -> dict[str, Any]:
+    def array(name: str) -> dict[str, Any]:
+        return {"type": "array", "items": _ref(name)}
+
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": "shortener", "version": "1.0.0"},
+        "paths": {
+            "/health": {
+                "get": {
+                    "summary": "Service and dependency state",
+                    "responses": {
+                        "200": _json({"type": "object"}, "Healthy"),
+                        "503": _json({"type": "object"}, "Database unreachable"),
+                    },
+                }
+            },
+            "/users": {
+                "get": {
+                    "parameters": PAGING,
+                    "responses": {"200": _json(array("User"), "Users by id"), **_errors(400)},
+                },
+                "post": {
+                    "requestBody": _body("UserIn"),
+                    "responses": {"201": _json(_ref("User"), "Created"), **_errors(400, 409, 422)},
+                },
+            },
+            "/users/bulk": {
+                "post": {
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "multipart/form-data": {
+                                "schema": {
+                                    "type": "object",
+                                    "properties": {"file": {"type": "string", "format": "binary"}},
+                                    "required": ["file"],
+                                }
+                            }
+                        },
+                    },
+                    "responses": {"201": _json(_ref("BulkResult"), "Imported"), **_errors(400, 422)},
+                }
+            },
+            "/users/{user_id}": {
+                "parameters": [_path("user_id", ID)],
+                "get": {"responses": {"200": _json(_ref("User"), "The user"), **_errors(404)}},
+                "put": {
+                    "requestBody": _body("UserUpdate"),
+                    "responses": {"200": _json(_ref("User"), "Updated"), **_errors(400, 404, 409, 422)},
+                },
+                "delete": {"responses": {"204": {"description": "Deleted"}, **_errors(404)}},
+            },
+            "/urls": {
+                "get": {
+                    "parameters": [
+                        _query("user_id", ID),
+                        _query("is_active", {"type": "string", "enum": ["true", "false", "1", "0"]}),
+                        *PAGING,
+                    ],
+                    "responses": {"200": _json(array("Url"), "Links by id"), **_errors(400)},
+                },
+                "post": {
+                    "requestBody": _body("UrlIn"),
+                    "responses": {"201": _json(_ref("Url"), "Created"), **_errors(400, 404, 409, 422)},
+                },
+            },
+            "/urls/{url_id}": {
+                "parameters": [_path("url_id", ID)],
+                "get": {"responses": {"200": _json(_ref("Url"), "The link"), **_errors(404)}},
+                "put": {
+                    "requestBody": _body("UrlUpdate"),
+                    "responses": {"200": _json(_ref("Url"), "Updated"), **_errors(400, 404, 422)},
+                },
+                "delete": {"responses": {"204": {"description": "Deleted"}, **_errors(404)}},
+            },
+            "/events": {
+                "get": {
+                    "parameters": [
+                        _query("event_type", {"type": "string", "maxLength": 50}),
+                        _query("url_id", ID),
+                        _query("user_id", ID),
+                        *PAGING,
+                    ],
+                    "responses": {"200": _json(array("Event"), "Events by id"), **_errors(400)},
+                },
+                "post": {
+                    "requestBody": _body("EventIn"),
+                    "responses": {"201": _json(_ref("Event"), "Created"), **_errors(400, 404, 422)},
+                },
+            },
+            "/{short_code}": {
+                "get": {
+                    "parameters": [_path("short_code", {"type": "string"})],
+                    "responses": {
+                        "302": {"description": "Redirect to the original URL (or 301/307/308)"},
+                        **_errors(404),
+                    },
+                }
+            },
+            "/metrics": {"get": {"responses": {"200": {"description": "Prometheus text format"}}}},
+        },
+        "components": {"schemas": _schemas()},
+    }
+
+
+@bp.get("/openapi.json")
+def openapi() -> Response:
+    return jsonify(spec())

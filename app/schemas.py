@@ -1,0 +1,233 @@
+"""Request bodies and responses as pydantic models, in strict mode.
+
+Strict mode is what makes rule 5 of the contract hold without field-by-field checks: a number
+where a string belongs, a string or ``true`` where an id belongs, a list where ``details``
+belongs are all validation errors (422). The same models produce /openapi.json.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from datetime import datetime
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from email_validator import EmailNotValidError, validate_email
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+
+MAX_URL_LENGTH = 2048
+CODE_PATTERN = r"^[A-Za-z0-9_-]{3,32}$"
+# Paths of the API itself and names an operator may want later; a custom code may not take them.
+RESERVED_CODES = frozenset(
+    {
+        "users",
+        "urls",
+        "events",
+        "health",
+        "metrics",
+        "openapi",
+        "static",
+        "api",
+        "admin",
+        "docs",
+        "favicon",
+        "robots",
+        "login",
+        "logout",
+        "shorten",
+        "new",
+        "www",
+        "nginx_status",
+    }
+)
+_HOST_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
+
+
+def _not_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be empty")
+    return value.strip()
+
+
+def _email(value: str) -> str:
+    value = value.strip()
+    try:
+        validate_email(value, check_deliverability=False)
+    except EmailNotValidError as exc:
+        raise ValueError("is not a valid email address") from exc
+    # Stored as the client wrote it; uniqueness ignores case (see the migration).
+    return value
+
+
+def _http_url(value: str) -> str:
+    value = value.strip()
+    if len(value) > MAX_URL_LENGTH:
+        raise ValueError(f"must be at most {MAX_URL_LENGTH} characters")
+    if any(ch.isspace() or ord(ch) < 32 or ord(ch) == 127 for ch in value):
+        raise ValueError("must not contain spaces or control characters")
+    try:
+        parts = urlsplit(value)
+        host = parts.hostname or ""
+        parts.port  # noqa: B018 - raises ValueError on a port that is not a number
+    except ValueError as exc:
+        raise ValueError("is not a valid URL") from exc
+    if parts.scheme.lower() not in ("http", "https"):
+        raise ValueError("must be an http or https URL")
+    if not host:
+        raise ValueError("must have a host")
+    if not _valid_host(host):
+        raise ValueError("must have a valid host name")
+    return value
+
+
+def _valid_host(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        pass
+    if host == "localhost":
+        return True
+    labels = host.rstrip(".").split(".")
+    # A single word ("http://intranet") is not a link anyone else can follow.
+    if len(labels) < 2:
+        return False
+    try:
+        labels = [label.encode("idna").decode("ascii") for label in labels]
+    except UnicodeError:
+        return False
+    return all(_HOST_LABEL.match(label) for label in labels) and not labels[-1].isdigit()
+
+
+def _code(value: str) -> str:
+    if not re.match(CODE_PATTERN, value):
+        raise ValueError("must be 3 to 32 letters, digits, '-' or '_'")
+    if value.lower() in RESERVED_CODES:
+        raise ValueError("is reserved")
+    return value
+
+
+Username = Annotated[StrictStr, Field(max_length=100), AfterValidator(_not_blank)]
+Email = Annotated[StrictStr, Field(max_length=254), AfterValidator(_email)]
+HttpUrl = Annotated[StrictStr, AfterValidator(_http_url)]
+ShortCode = Annotated[StrictStr, AfterValidator(_code)]
+Title = Annotated[StrictStr, Field(max_length=500)]
+RedirectType = Literal[301, 302, 307, 308]
+Id = Annotated[StrictInt, Field(ge=1, le=2**63 - 1)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+
+class UserIn(Strict):
+    username: Username
+    email: Email
+
+
+class UserUpdate(Strict):
+    username: Username | None = None
+    email: Email | None = None
+
+
+class UrlIn(Strict):
+    original_url: HttpUrl
+    user_id: Id | None = None
+    title: Title | None = None
+    short_code: ShortCode | None = None
+    redirect_type: RedirectType = 302
+
+
+class UrlUpdate(Strict):
+    original_url: HttpUrl | None = None
+    title: Title | None = None
+    is_active: StrictBool | None = None
+    redirect_type: RedirectType | None = None
+
+
+class EventIn(Strict):
+    event_type: Annotated[StrictStr, Field(max_length=50), AfterValidator(_not_blank)]
+    url_id: Id | None = None
+    user_id: Id | None = None
+    details: dict[str, Any] | None = None
+
+
+# --- responses (documentation of /openapi.json and the shape the API returns) -------------
+class User(BaseModel):
+    id: int
+    username: str
+    email: str
+    created_at: str
+
+
+class Url(BaseModel):
+    id: int
+    user_id: int | None
+    short_code: str
+    original_url: str
+    title: str | None
+    is_active: bool
+    redirect_type: int
+    created_at: str
+    updated_at: str
+    short_url: str
+
+
+class Event(BaseModel):
+    id: int
+    url_id: int | None
+    user_id: int | None
+    event_type: str
+    timestamp: str
+    details: dict[str, Any]
+
+
+class Error(BaseModel):
+    error: str
+    details: dict[str, str] | None = None
+
+
+class BulkResult(BaseModel):
+    imported: int
+    count: int
+
+
+def timestamp(value: datetime) -> str:
+    return value.replace(microsecond=0).isoformat()
+
+
+def user_out(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": row["id"],
+        "username": row["username"],
+        "email": row["email"],
+        "created_at": timestamp(row["created_at"]),
+    }
+
+
+def url_out(row: dict[str, Any], base_url: str) -> dict[str, Any]:
+    return {
+        "id": row["id"],
+        "user_id": row["user_id"],
+        "short_code": row["short_code"],
+        "original_url": row["original_url"],
+        "title": row["title"],
+        "is_active": row["is_active"],
+        "redirect_type": row["redirect_type"],
+        "created_at": timestamp(row["created_at"]),
+        "updated_at": timestamp(row["updated_at"]),
+        "short_url": f"{base_url.rstrip('/')}/{row['short_code']}",
+    }
+
+
+def event_out(row: dict[str, Any]) -> dict[str, Any]:
+    details = row["details"]
+    return {
+        "id": row["id"],
+        "url_id": row["url_id"],
+        "user_id": row["user_id"],
+        "event_type": row["event_type"],
+        "timestamp": timestamp(row["timestamp"]),
+        "details": details if isinstance(details, dict) else {},
+    }

@@ -1,0 +1,175 @@
+"""Every SQL statement the service runs, in one place.
+
+Parameters are always passed separately (psycopg2 quotes them); identifiers are never
+built from input.
+"""
+
+NOW = "(now() AT TIME ZONE 'utc')"
+
+# --- users -------------------------------------------------------------------------------
+USER_COLUMNS = "id, username, email, created_at"
+
+LOCK_USER_NAMES = "SELECT pg_advisory_xact_lock(hashtext('users:' || lower(%s)))"
+
+USER_TAKEN = f"""
+SELECT {USER_COLUMNS} FROM users
+WHERE (username = %(username)s OR lower(email) = lower(%(email)s)) AND id <> %(id)s
+LIMIT 1
+"""
+
+INSERT_USER = f"""
+INSERT INTO users (username, email) VALUES (%(username)s, %(email)s)
+RETURNING {USER_COLUMNS}
+"""
+
+GET_USER = f"SELECT {USER_COLUMNS} FROM users WHERE id = %s"
+
+USER_EXISTS = "SELECT 1 FROM users WHERE id = %s"
+
+LIST_USERS = f"SELECT {USER_COLUMNS} FROM users ORDER BY id LIMIT %s OFFSET %s"
+
+UPDATE_USER = f"""
+UPDATE users SET username = COALESCE(%(username)s, username), email = COALESCE(%(email)s, email)
+WHERE id = %(id)s RETURNING {USER_COLUMNS}
+"""
+
+DELETE_USER = "DELETE FROM users WHERE id = %s"
+
+# Bulk import: a row with an id takes that id (updated when it exists); a row whose email is
+# already known is kept as it is. Either way it counts as processed.
+UPSERT_USER_WITH_ID = f"""
+INSERT INTO users (id, username, email, created_at)
+VALUES (%(id)s, %(username)s, %(email)s, COALESCE(%(created_at)s, {NOW}))
+ON CONFLICT (id) DO UPDATE SET username = EXCLUDED.username, email = EXCLUDED.email
+"""
+
+INSERT_USER_IF_NEW_EMAIL = f"""
+INSERT INTO users (username, email, created_at)
+SELECT %(username)s, %(email)s, COALESCE(%(created_at)s, {NOW})
+WHERE NOT EXISTS (SELECT 1 FROM users WHERE lower(email) = lower(%(email)s))
+"""
+
+EMAIL_OWNER = "SELECT id FROM users WHERE lower(email) = lower(%s)"
+
+# --- urls --------------------------------------------------------------------------------
+URL_COLUMNS = "id, user_id, short_code, original_url, title, is_active, redirect_type, created_at, updated_at"
+
+INSERT_URL = f"""
+INSERT INTO urls (user_id, short_code, original_url, title, redirect_type)
+VALUES (%(user_id)s, %(short_code)s, %(original_url)s, %(title)s, %(redirect_type)s)
+ON CONFLICT (short_code) DO NOTHING
+RETURNING {URL_COLUMNS}
+"""
+
+GET_URL = f"SELECT {URL_COLUMNS} FROM urls WHERE id = %s AND deleted_at IS NULL"
+
+GET_URL_FOR_UPDATE = f"SELECT {URL_COLUMNS} FROM urls WHERE id = %s AND deleted_at IS NULL FOR UPDATE"
+
+URL_EXISTS = "SELECT 1 FROM urls WHERE id = %s AND deleted_at IS NULL"
+
+# What a redirect needs, and nothing more.
+RESOLVE_CODE = """
+SELECT id, user_id, original_url, is_active, redirect_type FROM urls
+WHERE short_code = %s AND deleted_at IS NULL
+"""
+
+LIST_URLS = f"""
+SELECT {URL_COLUMNS} FROM urls
+WHERE deleted_at IS NULL
+  AND (%(user_id)s::bigint IS NULL OR user_id = %(user_id)s)
+  AND (%(is_active)s::boolean IS NULL OR is_active = %(is_active)s)
+ORDER BY id LIMIT %(limit)s OFFSET %(offset)s
+"""
+
+UPDATE_URL = f"""
+UPDATE urls SET title = %(title)s, is_active = %(is_active)s, original_url = %(original_url)s,
+    redirect_type = %(redirect_type)s,
+    updated_at = GREATEST({NOW}, updated_at + interval '1 second')
+WHERE id = %(id)s RETURNING {URL_COLUMNS}
+"""
+
+DELETE_URL = f"""
+UPDATE urls SET deleted_at = {NOW}, is_active = FALSE, updated_at = {NOW}
+WHERE id = %s AND deleted_at IS NULL RETURNING id, user_id, short_code
+"""
+
+# --- events ------------------------------------------------------------------------------
+EVENT_COLUMNS = 'id, url_id, user_id, event_type, "timestamp", details'
+
+INSERT_EVENT = f"""
+INSERT INTO events (url_id, user_id, event_type, details)
+VALUES (%(url_id)s, %(user_id)s, %(event_type)s, %(details)s)
+RETURNING {EVENT_COLUMNS}
+"""
+
+LIST_EVENTS = f"""
+SELECT {EVENT_COLUMNS} FROM events
+WHERE (%(event_type)s::text IS NULL OR event_type = %(event_type)s)
+  AND (%(url_id)s::bigint IS NULL OR url_id = %(url_id)s)
+  AND (%(user_id)s::bigint IS NULL OR user_id = %(user_id)s)
+ORDER BY id LIMIT %(limit)s OFFSET %(offset)s
+"""
+
+# Clicks arrive in batches as one JSON array. A click whose link or user vanished meanwhile
+# keeps its row with a null reference rather than failing the whole batch. The click id makes
+# a repeated delivery a no-op.
+INSERT_CLICKS = """
+INSERT INTO events (url_id, user_id, event_type, "timestamp", details, click_id)
+SELECT (SELECT u.id FROM urls u WHERE u.id = c.url_id),
+       (SELECT s.id FROM users s WHERE s.id = c.user_id),
+       'click', c.ts, c.details, c.click_id
+FROM jsonb_to_recordset(%s::jsonb)
+     AS c(click_id text, url_id bigint, user_id bigint, ts timestamp, details jsonb)
+ORDER BY c.ts
+ON CONFLICT (click_id) DO NOTHING
+"""
+
+# --- seed loading ------------------------------------------------------------------------
+SEED_USER = """
+INSERT INTO users (id, username, email, created_at) VALUES (%s, %s, %s, %s)
+ON CONFLICT DO NOTHING
+"""
+
+SEED_URL = """
+INSERT INTO urls (id, user_id, short_code, original_url, title, is_active, created_at, updated_at)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s)
+ON CONFLICT DO NOTHING
+"""
+
+SEED_EVENT = """
+INSERT INTO events (id, url_id, user_id, event_type, "timestamp", details)
+VALUES (%s, %s, %s, %s, %s, %s)
+ON CONFLICT DO NOTHING
+"""
+
+# Moves each id sequence past the largest id, so that the next insert does not collide.
+RESET_SEQUENCES = """
+SELECT setval(pg_get_serial_sequence('users', 'id'), COALESCE((SELECT max(id) FROM users), 0) + 1, false),
+       setval(pg_get_serial_sequence('urls', 'id'), COALESCE((SELECT max(id) FROM urls), 0) + 1, false),
+       setval(pg_get_serial_sequence('events', 'id'), COALESCE((SELECT max(id) FROM events), 0) + 1, false)
+"""
+
+# --- migrations --------------------------------------------------------------------------
+MIGRATION_LOCK = "SELECT pg_advisory_xact_lock(hashtext('shortener:migrations'))"
+
+CREATE_MIGRATIONS_TABLE = f"""
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version TEXT PRIMARY KEY,
+    applied_at TIMESTAMP NOT NULL DEFAULT {NOW}
+)
+"""
+
+APPLIED_MIGRATIONS = "SELECT version FROM schema_migrations"
+
+RECORD_MIGRATION = "INSERT INTO schema_migrations (version) VALUES (%s)"
+
+# The role's own defaults apply to every server connection PgBouncer opens for it, which is
+# the only way to bound statements without session state.
+SET_ROLE_TIMEOUTS = """
+DO $$
+BEGIN
+  EXECUTE format('ALTER ROLE %%I SET statement_timeout = %%L', current_user, %s);
+  EXECUTE format('ALTER ROLE %%I SET idle_in_transaction_session_timeout = %%L', current_user, %s);
+END
+$$
+"""
