@@ -171,7 +171,13 @@ class Cache:
             raise Unavailable("redis is not configured")
         if not self.breaker.allow():
             raise Unavailable("redis circuit breaker is open")
+        # allow() let this call through an open breaker: it is the probe. Empty the cache
+        # before anything reads it, since invalidations made during the outage were lost.
+        probing = self.breaker.is_open
         try:
+            if probing:
+                self.client.ping()
+                self._flush_links()
             result = fn(self.client)
         except RedisError as exc:
             if self.breaker.failure():
@@ -179,24 +185,20 @@ class Cache:
             metrics.DEPENDENCY_UP.labels("cache").set(0)
             raise Unavailable(str(exc)) from exc
         if self.breaker.success():
-            log.warning("redis is back, circuit breaker closed; emptying the link cache")
+            log.warning("redis is back, circuit breaker closed; the link cache was emptied")
             metrics.DEPENDENCY_UP.labels("cache").set(1)
-            self._flush_links()
         return result
 
     def _flush_links(self) -> None:
         assert self.client is not None
-        try:
-            batch: list[str] = []
-            for key in self.client.scan_iter(match=KEY_PREFIX + "*", count=1000):
-                batch.append(key)
-                if len(batch) >= 1000:
-                    self.client.unlink(*batch)
-                    batch.clear()
-            if batch:
+        batch: list[str] = []
+        for key in self.client.scan_iter(match=KEY_PREFIX + "*", count=1000):
+            batch.append(key)
+            if len(batch) >= 1000:
                 self.client.unlink(*batch)
-        except RedisError as exc:
-            log.warning("could not empty the link cache", extra={"error": str(exc)})
+                batch.clear()
+        if batch:
+            self.client.unlink(*batch)
 
     def ping(self) -> bool:
         try:

@@ -66,8 +66,10 @@ def create_link(data: UrlIn, **event_details: Any) -> dict[str, Any]:
             raise ApiError(503, "Could not find a free short code, try again")  # pragma: no cover
         details = {"short_code": row["short_code"], "original_url": row["original_url"], **event_details}
         _event(cur, "created", row, details)
-    # A custom code may sit in the negative cache from an earlier miss.
-    invalidate(row["short_code"])
+    # A custom code may sit in the negative cache from an earlier miss. A fresh random code
+    # cannot, and leaving it alone lets its first redirects fill the cache at once.
+    if data.short_code:
+        invalidate(row["short_code"])
     return row
 
 

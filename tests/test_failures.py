@@ -1,0 +1,168 @@
+"""What the service does when a dependency fails (docs/failure-modes.md names each case)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from app.cache import KEY_PREFIX
+
+
+@pytest.fixture
+def redis_stopped(clean):
+    clean.stop_redis()
+    yield clean
+    clean.start_redis()
+
+
+def test_redis_down_every_endpoint_still_answers(app_factory, redis_stopped, sql):
+    client = app_factory().test_client()
+    health = client.get("/health")
+    assert health.status_code == 200
+    assert health.get_json()["cache"] == "degraded" and health.get_json()["database"] == "ok"
+    user = client.post("/users", json={"username": "r", "email": "r@example.com"}).get_json()
+    url = client.post("/urls", json={"original_url": "https://example.com/r", "user_id": user["id"]})
+    assert url.status_code == 201
+    url = url.get_json()
+    assert client.get(f"/{url['short_code']}").status_code == 302
+    assert client.put(f"/urls/{url['id']}", json={"title": "t"}).status_code == 200
+    assert client.get("/urls").status_code == 200 and client.get("/users").status_code == 200
+    assert client.post("/events", json={"event_type": "x"}).status_code == 201
+    # The redirect wrote its click itself.
+    assert sql("SELECT count(*) FROM events WHERE event_type = 'click'")[0][0] == 1
+    assert len(client.get(f"/events?url_id={url['id']}&event_type=click").get_json()) == 1
+    assert client.get("/unknown").status_code == 404
+    metrics = client.get("/metrics").get_data(as_text=True)
+    assert 'shortener_dependency_up{dependency="cache"} 0.0' in metrics
+    assert 'shortener_cache_requests_total{result="bypass"}' in metrics
+    assert client.delete(f"/urls/{url['id']}").status_code == 204
+
+
+def test_redis_back_closes_the_breaker(app_factory, clean, make_url):
+    app = app_factory(breaker_reset_seconds=0.2)
+    client = app.test_client()
+    url = make_url()
+    clean.stop_redis()
+    try:
+        for _ in range(4):
+            assert client.get(f"/{url['short_code']}").status_code == 302
+        assert app.extensions["shortener"].cache.breaker.is_open
+    finally:
+        clean.start_redis()
+    time.sleep(0.3)
+    assert client.get("/health").get_json()["cache"] == "ok"
+    assert client.get(f"/{url['short_code']}").status_code == 302
+    assert len(client.get(f"/events?url_id={url['id']}&event_type=click").get_json()) == 5
+
+
+def test_hanging_redis_is_not_waited_on_once_the_breaker_is_open(app_factory, blackhole, make_url, clean):
+    app = app_factory(
+        redis_url=f"redis://127.0.0.1:{blackhole.port}/0",
+        redis_socket_timeout=0.2,
+        redis_connect_timeout=0.2,
+        breaker_failure_threshold=2,
+        breaker_reset_seconds=60,
+    )
+    client = app.test_client()
+    url = client.post("/urls", json={"original_url": "https://example.com/h"}).get_json()
+    for _ in range(2):
+        client.get(f"/{url['short_code']}")
+    assert app.extensions["shortener"].cache.breaker.is_open
+    attempts = blackhole.connections
+    started = time.perf_counter()
+    for _ in range(20):
+        assert client.get(f"/{url['short_code']}").status_code == 302
+    elapsed = time.perf_counter() - started
+    # Not one more connection to the hanging Redis, so no request waited on its timeout
+    # (20 waits would have taken at least 4 s).
+    assert blackhole.connections == attempts
+    assert elapsed < 20 * 0.2
+    assert client.get("/health").get_json()["cache"] == "degraded"
+    assert blackhole.connections == attempts
+
+
+def test_invalidations_lost_while_redis_hung_are_not_served_stale(app_factory, make_url, redis):
+    app = app_factory(redis_socket_timeout=0.1, breaker_failure_threshold=1, breaker_reset_seconds=0.3)
+    client = app.test_client()
+    url = make_url()
+    client.get(f"/{url['short_code']}")
+    assert redis.get(KEY_PREFIX + url["short_code"]) is not None
+    redis.execute_command("CLIENT", "PAUSE", "1500", "ALL")  # Redis hangs but keeps its data
+    assert client.put(f"/urls/{url['id']}", json={"is_active": False}).status_code == 200
+    assert app.extensions["shortener"].cache.breaker.is_open
+    assert client.get(f"/{url['short_code']}").status_code == 404
+    time.sleep(1.7)
+    # The breaker's probe succeeds, and the cache written before the outage is emptied.
+    assert client.get(f"/{url['short_code']}").status_code == 404
+    assert client.get("/health").get_json()["cache"] == "ok"
+
+
+def test_postgres_down_health_is_503_and_api_errors_are_json(app_factory, clean, make_url):
+    client = app_factory(db_connect_timeout=1).test_client()
+    url = make_url()
+    assert client.get(f"/{url['short_code']}").status_code == 302  # now cached
+    clean.stop_postgres()
+    try:
+        health = client.get("/health")
+        assert health.status_code == 503
+        assert health.get_json()["status"] == "unavailable" and health.get_json()["database"] == "unavailable"
+        for response in (
+            client.get("/users"),
+            client.post("/users", json={"username": "x", "email": "x@example.com"}),
+            client.get(f"/urls/{url['id']}"),
+        ):
+            assert response.status_code == 503
+            assert "error" in response.get_json()
+            assert response.headers["Retry-After"] == "5"
+        # Cached links keep redirecting; their clicks wait in Redis.
+        for _ in range(3):
+            assert client.get(f"/{url['short_code']}").status_code == 302
+        assert client.get("/notcached1").status_code == 503
+    finally:
+        clean.start_postgres()
+    deadline = time.monotonic() + 15
+    while client.get("/health").status_code != 200 and time.monotonic() < deadline:
+        time.sleep(0.3)
+    assert client.get("/health").status_code == 200
+    assert len(client.get(f"/events?url_id={url['id']}&event_type=click").get_json()) == 4
+
+
+def test_pool_exhausted_is_503_not_a_hang(app_factory):
+    app = app_factory(db_pool_max=1, db_pool_timeout=0.2)
+    client = app.test_client()
+    db = app.extensions["shortener"].db
+    held = threading.Event()
+    release = threading.Event()
+
+    def hold() -> None:
+        with db.connection():
+            held.set()
+            release.wait(5)
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    held.wait(5)
+    try:
+        response = client.get("/users")
+        assert response.status_code == 503
+        assert "metrics" not in response.get_json()
+        assert "shortener_db_pool_timeouts_total" in client.get("/metrics").get_data(as_text=True)
+    finally:
+        release.set()
+        thread.join()
+    assert client.get("/users").status_code == 200
+
+
+def test_a_broken_connection_is_replaced(app, client, sql):
+    db = app.extensions["shortener"].db
+    assert client.get("/users").status_code == 200
+    sql(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = 'shortener' AND pid <> pg_backend_pid()"
+    )
+    # The pooled connection is dead (PgBouncer's server side was killed): at most one request
+    # fails with 503, and the next one works again.
+    statuses = [client.get("/users").status_code for _ in range(3)]
+    assert statuses[-1] == 200 and set(statuses) <= {200, 503}
+    assert db.in_use == 0

@@ -1,0 +1,98 @@
+"""GET /<short_code>: redirects, clicks, the cache."""
+
+from __future__ import annotations
+
+import pytest
+
+from app.cache import KEY_PREFIX, NEGATIVE, TOMBSTONE
+
+
+def clicks(client, url_id):
+    return client.get(f"/events?url_id={url_id}&event_type=click").get_json()
+
+
+def test_redirect_is_302_to_the_original_url_and_records_a_click(client, make_user, make_url):
+    user = make_user()
+    url = make_url(user_id=user["id"])
+    response = client.get(
+        f"/{url['short_code']}", headers={"Referer": "https://ref.example/", "User-Agent": "pytest-agent"}
+    )
+    assert response.status_code == 302
+    assert response.headers["Location"] == url["original_url"]
+    [click] = clicks(client, url["id"])
+    assert click["user_id"] == user["id"]
+    assert click["details"] == {
+        "short_code": url["short_code"],
+        "referrer": "https://ref.example/",
+        "user_agent": "pytest-agent",
+    }
+
+
+def test_cached_and_uncached_redirects_both_count(client, make_url, redis):
+    url = make_url()
+    for _ in range(3):
+        assert client.get(f"/{url['short_code']}").status_code == 302
+    assert redis.get(KEY_PREFIX + url["short_code"]).startswith(f"{url['id']}\t")
+    assert len(clicks(client, url["id"])) == 3
+
+
+@pytest.mark.parametrize("status", [301, 302, 307, 308])
+def test_configured_redirect_status(client, make_url, status):
+    url = make_url(redirect_type=status)
+    assert url["redirect_type"] == status
+    for _ in range(2):  # uncached, then cached
+        response = client.get(f"/{url['short_code']}")
+        assert response.status_code == status
+        assert response.headers["Location"] == url["original_url"]
+
+
+def test_unknown_code_is_404_json_and_no_event(client, sql, redis):
+    for _ in range(2):
+        response = client.get("/Zz9Zz9")
+        assert response.status_code == 404
+        assert response.get_json() == {"error": "Short link not found"}
+    assert redis.get(KEY_PREFIX + "Zz9Zz9") == NEGATIVE
+    assert sql("SELECT count(*) FROM events")[0][0] == 0
+
+
+def test_malformed_code_is_404_without_touching_storage(client):
+    for path in ("/a.b", "/%F0%9F%98%80", "/" + "x" * 65):
+        response = client.get(path)
+        assert response.status_code == 404
+        assert "error" in response.get_json()
+
+
+def test_head_redirects_but_is_not_a_click(client, make_url):
+    url = make_url()
+    assert client.head(f"/{url['short_code']}").status_code == 302
+    client.get(f"/{url['short_code']}")  # fill the cache
+    assert client.head(f"/{url['short_code']}").status_code == 302
+    assert client.head("/unknwn").status_code == 404
+    assert len(clicks(client, url["id"])) == 1
+
+
+def test_custom_code_created_after_a_miss_redirects_at_once(client):
+    assert client.get("/later-code").status_code == 404
+    client.post("/urls", json={"original_url": "https://example.com/l", "short_code": "later-code"})
+    assert client.get("/later-code").status_code == 302
+
+
+def test_a_change_leaves_a_tombstone_so_a_stale_read_cannot_refill(app, client, make_url, redis):
+    url = make_url()
+    client.get(f"/{url['short_code']}")
+    client.put(f"/urls/{url['id']}", json={"original_url": "https://example.com/new"})
+    assert redis.get(KEY_PREFIX + url["short_code"]) == TOMBSTONE
+    # A reader that loaded the old row before the change tries to write it back: refused.
+    from app.cache import CachedLink
+
+    app.extensions["shortener"].cache.fill(url["short_code"], CachedLink(url["id"], None, 302, "https://old"))
+    assert redis.get(KEY_PREFIX + url["short_code"]) == TOMBSTONE
+    response = client.get(f"/{url['short_code']}")
+    assert response.headers["Location"] == "https://example.com/new"
+
+
+def test_user_agent_and_referrer_are_truncated(client, make_url):
+    url = make_url()
+    client.get(f"/{url['short_code']}", headers={"User-Agent": "a" * 5000})
+    [click] = clicks(client, url["id"])
+    assert len(click["details"]["user_agent"]) == 512
