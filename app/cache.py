@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 from redis.exceptions import RedisError
 
 from app import metrics
@@ -154,7 +156,9 @@ class Cache:
                 socket_connect_timeout=connect_timeout,
                 decode_responses=True,
                 health_check_interval=0,
-                retry_on_timeout=False,
+                # redis-py retries a failed call three times by default: that would multiply
+                # every timeout before the breaker could even count a failure.
+                retry=Retry(NoBackoff(), 0),
             )
             self._hit = self.client.register_script(_HIT_SCRIPT)
             self._fill = self.client.register_script(_FILL_SCRIPT)

@@ -30,7 +30,7 @@ def stack() -> Iterator[Services]:
     services.start()
     yield services
     if os.environ.get("SHORTENER_TEST_KEEP_SERVICES") != "1":
-        services.stop()
+        services.stop_started()
 
 
 def make_settings(stack: Services, **overrides: Any) -> Settings:

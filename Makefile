@@ -1,0 +1,88 @@
+# shortener: the two commands a newcomer needs are `make up` and `make test`.
+# Every target installs what it needs (Debian packages, the virtualenv) on a fresh Debian 12
+# machine, as root.
+
+SHELL := /bin/bash
+.ONESHELL:
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+ROOT        := $(abspath $(dir $(lastword $(MAKEFILE_LIST))))
+VENV        := $(ROOT)/.venv
+PY          := $(VENV)/bin/python
+BIN         := $(VENV)/bin
+LAB         := python3 $(ROOT)/lab/lab.py
+APT_PACKAGES := python3-venv python3-dev gcc libpq-dev postgresql pgbouncer redis-server \
+                chromium chromium-driver systemd-container debootstrap iptables openssh-client \
+                curl ca-certificates rsync
+LAB_HOST    := lab-aio=10.213.0.10
+LAB_ADDR    := 10.213.0.10
+export ANSIBLE_CONFIG := $(ROOT)/ansible/ansible.cfg
+
+.PHONY: help deps venv lint test test-service test-molecule test-cluster up down dev seed clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+
+deps: ## install the Debian packages the project uses (only those missing)
+	missing=""
+	for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}' "$$p" 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; done
+	if [ -n "$$missing" ]; then
+	  echo "installing:$$missing"
+	  export DEBIAN_FRONTEND=noninteractive
+	  apt-get update -qq
+	  apt-get install -y -qq --no-install-recommends $$missing >/dev/null
+	fi
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt
+	[ -x $(PY) ] || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements-dev.txt
+	touch $@
+
+venv: deps $(VENV)/.installed ## the virtualenv with the service, test and Ansible tools
+
+lint: venv ## ruff, yamllint, ansible-lint (production profile)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/yamllint -s .
+	cd $(ROOT) && $(BIN)/ansible-lint --profile production -q ansible/ molecule/
+
+test-service: venv ## the service's pytest suite against real PostgreSQL, PgBouncer, Redis (coverage >= 95%)
+	cd $(ROOT) && $(PY) -m pytest -p no:cacheprovider --cov --cov-report=term-missing:skip-covered tests
+
+test-molecule: venv ## deploy to a throw-away lab host with Molecule: create, converge, idempotence, verify, destroy
+	cd $(ROOT) && PATH=$(BIN):$$PATH $(BIN)/molecule test -s default
+
+test: test-service test-molecule ## everything CI runs: the service tests, then the Molecule default scenario
+
+test-cluster: venv ## the Molecule cluster scenario (load balancer, two app hosts, database, cache)
+	cd $(ROOT) && PATH=$(BIN):$$PATH $(BIN)/molecule test -s cluster
+
+up: venv ## deploy the whole stack to a local lab host and print where it answers
+	start=$$(date +%s)
+	$(LAB) up $(LAB_HOST)
+	cd $(ROOT)/ansible && $(BIN)/ansible-playbook -i inventories/lab playbooks/site.yml
+	echo
+	echo "shortener answers at http://$(LAB_ADDR)/  (deployed in $$(( $$(date +%s) - start )) s)"
+	echo "try it:"
+	echo "  curl -s -X POST http://$(LAB_ADDR)/urls -H 'Content-Type: application/json' -d '{\"original_url\": \"https://www.debian.org/\"}'"
+	echo "  curl -si http://$(LAB_ADDR)/<short_code>   # 302 to the original URL"
+	echo "shell on the host: python3 lab/lab.py shell lab-aio;  remove it: make down"
+
+down: ## remove the lab host(s), the bridge and the NAT rule
+	$(LAB) down
+
+dev: venv ## run the service locally (Flask dev server) against private PostgreSQL and Redis
+	eval "$$($(PY) -m tests.services up)"
+	export SHORTENER_BIND=$${SHORTENER_BIND:-127.0.0.1:8000} SHORTENER_LOG_LEVEL=$${SHORTENER_LOG_LEVEL:-INFO}
+	echo "serving on http://$$SHORTENER_BIND/ (stop with Ctrl-C; 'python -m tests.services down' stops the databases)"
+	$(PY) -m app
+
+seed: venv ## load ../shared/seed into the `make dev` database
+	eval "$$($(PY) -m tests.services up)"
+	$(PY) -m app.seed $(ROOT)/../shared/seed
+
+clean: ## stop the test databases and remove local state
+	[ -x $(PY) ] && $(PY) -m tests.services down || true
+	rm -rf $(ROOT)/.test-services $(ROOT)/.coverage*

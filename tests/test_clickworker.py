@@ -1,0 +1,148 @@
+"""The click worker, in-process: batches, recovery of pending clicks, database outages."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+import redis as redis_lib
+
+from app import clickworker
+from app.db import Database
+from tests.conftest import make_settings
+
+
+@pytest.fixture
+def worker_parts(clean):
+    settings = make_settings(clean, clickworker_batch_size=50, clickworker_block_ms=100)
+    db = Database(settings.database_url, 1, 2, 5, 2)
+    client = redis_lib.Redis.from_url(settings.redis_url, decode_responses=True, socket_timeout=5)
+    yield settings, db, client
+    db.close()
+    client.close()
+
+
+def burst(client, code: str, n: int) -> None:
+    for _ in range(n):
+        assert client.get(f"/{code}").status_code == 302
+
+
+def click_count(sql) -> int:
+    return sql("SELECT count(*) FROM events WHERE event_type = 'click'")[0][0]
+
+
+def test_worker_writes_queued_clicks_in_batches_and_empties_the_stream(
+    client, make_url, worker_parts, sql, redis
+):
+    settings, db, rclient = worker_parts
+    url = make_url()
+    burst(client, url["short_code"], 120)
+    assert redis.xlen(settings.click_stream) == 120  # all queued, the first (a cache miss) too
+    worker = clickworker.ClickWorker(settings, db, rclient, "test-1")
+    worker.ensure_group()
+    worker.ensure_group()  # idempotent
+    while worker.step():
+        pass
+    worker.update_gauges()
+    assert click_count(sql) == 120
+    assert redis.xlen(settings.click_stream) == 0
+    assert sql("SELECT count(DISTINCT click_id) FROM events WHERE event_type = 'click'")[0][0] == 120
+
+
+def test_clicks_of_a_worker_that_died_mid_batch_are_written_once(client, make_url, worker_parts, sql, redis):
+    settings, db, rclient = worker_parts
+    url = make_url()
+    burst(client, url["short_code"], 30)
+    dead = clickworker.ClickWorker(settings, db, rclient, "dead-worker")
+    dead.ensure_group()
+    # The dead worker read a batch and wrote part of it, then died before acknowledging.
+    reply = rclient.xreadgroup(clickworker.GROUP, "dead-worker", {settings.click_stream: ">"}, count=20)
+    entries = reply[0][1]
+    from app import clicks
+
+    clicks.write_rows(db, [clicks.row_from_fields(f) for _, f in entries[:10]])
+    # A worker under the same name after a restart finds its own pending entries at once.
+    again = clickworker.ClickWorker(settings, db, rclient, "dead-worker")
+    assert again.own_pending() == 20
+    while again.step():
+        pass
+    assert click_count(sql) == 30
+    assert redis.xlen(settings.click_stream) == 0
+
+
+def test_another_worker_claims_entries_left_pending_too_long(client, make_url, worker_parts, sql):
+    settings, db, rclient = worker_parts
+    settings = settings.model_copy(update={"clickworker_claim_idle_ms": 1000})
+    url = make_url()
+    burst(client, url["short_code"], 10)
+    clickworker.ClickWorker(settings, db, rclient, "gone").ensure_group()
+    rclient.xreadgroup(clickworker.GROUP, "gone", {settings.click_stream: ">"}, count=100)
+    other = clickworker.ClickWorker(settings, db, rclient, "other")
+    assert other.claim_stale() == 0  # not idle long enough yet
+    time.sleep(1.1)
+    assert other.claim_stale() == 10
+    assert click_count(sql) == 10
+
+
+def test_worker_waits_out_a_database_outage_and_loses_nothing(clean, client, make_url, worker_parts, sql):
+    settings, db, rclient = worker_parts
+    url = make_url()
+    burst(client, url["short_code"], 5)
+    worker = clickworker.ClickWorker(settings, db, rclient, "w")
+    thread = threading.Thread(target=worker.run, daemon=True)
+    clean.stop_pgbouncer()
+    try:
+        thread.start()
+        burst(client, url["short_code"], 5)  # from the cache, while the database is away
+        time.sleep(1.0)
+        assert clickworker.FAILURES.labels("database")._value.get() >= 1
+    finally:
+        clean.start_pgbouncer()
+    deadline = time.monotonic() + 20
+    while click_count(sql) < 10 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    worker.stopping.set()
+    thread.join(5)
+    assert not thread.is_alive()
+    assert click_count(sql) == 10
+
+
+def test_worker_survives_a_redis_outage(clean, client, make_url, worker_parts, sql):
+    settings, db, rclient = worker_parts
+    worker = clickworker.ClickWorker(settings, db, rclient, "w")
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    clean.stop_redis()
+    time.sleep(0.8)
+    assert clickworker.FAILURES.labels("redis")._value.get() >= 1
+    clean.start_redis()
+    url = make_url()
+    burst(client, url["short_code"], 3)
+    deadline = time.monotonic() + 20
+    while click_count(sql) < 3 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    worker.stopping.set()
+    thread.join(15)
+    assert click_count(sql) == 3
+
+
+def test_malformed_stream_entries_are_dropped_not_fatal(worker_parts, sql, redis):
+    settings, db, rclient = worker_parts
+    worker = clickworker.ClickWorker(settings, db, rclient, "w")
+    worker.ensure_group()
+    redis.xadd(settings.click_stream, {"junk": "1"})
+    assert worker.step() == 1
+    assert redis.xlen(settings.click_stream) == 0
+    assert click_count(sql) == 0
+
+
+def test_main_refuses_to_run_without_redis(monkeypatch):
+    monkeypatch.setenv("SHORTENER_REDIS_URL", "")
+    from app.config import get_settings
+
+    get_settings.cache_clear()
+    try:
+        assert clickworker.main() == 2
+    finally:
+        get_settings.cache_clear()

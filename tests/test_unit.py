@@ -1,0 +1,135 @@
+"""Pure logic: no services needed."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from app import clicks
+from app.cache import CachedLink, CircuitBreaker
+from app.config import Settings
+from app.schemas import EventIn, UrlIn, UserIn, event_out, timestamp
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_breaker_opens_after_threshold_and_probes_once_after_the_pause():
+    clock = FakeClock()
+    breaker = CircuitBreaker(threshold=3, reset_seconds=5, clock=clock)
+    assert breaker.allow()
+    assert not breaker.failure() and not breaker.failure()
+    assert breaker.failure()  # the third opens it
+    assert breaker.is_open and not breaker.allow()
+    clock.now += 5
+    assert breaker.allow()  # one probe
+    assert not breaker.allow()  # and only one
+    assert not breaker.failure()  # the probe failed: open for another pause
+    assert not breaker.allow()
+    clock.now += 5
+    assert breaker.allow()
+    assert breaker.success()  # closed
+    assert not breaker.is_open and breaker.allow()
+    assert not breaker.success()
+
+
+def test_breaker_success_resets_the_failure_count():
+    breaker = CircuitBreaker(threshold=2, reset_seconds=1, clock=FakeClock())
+    breaker.failure()
+    breaker.success()
+    assert not breaker.failure()
+    assert not breaker.is_open
+
+
+@pytest.mark.parametrize(
+    "link",
+    [
+        CachedLink(1, None, 302, "https://e.com/a\tb"),
+        CachedLink(99, 7, 301, "http://x.y/?q=1&r=\u00e9"),
+    ],
+)
+def test_cached_link_round_trip(link):
+    assert CachedLink.decode(link.encode()) == link
+
+
+def test_click_fields_round_trip_into_a_row():
+    click = clicks.new_click("https://ref", "agent")
+    assert len(click["c"]) == 24
+    row = clicks.row_from_fields(dict(click, u="5", o="", s="abc"))
+    assert row["url_id"] == 5 and row["user_id"] is None and row["click_id"] == click["c"]
+    assert row["details"] == {"short_code": "abc", "referrer": "https://ref", "user_agent": "agent"}
+    empty = clicks.row_from_fields(dict(clicks.new_click(None, None), u="1", o="2", s="x"))
+    assert empty["details"]["referrer"] is None and empty["user_id"] == 2
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "https://example.com",
+        "http://localhost:8080/x",
+        "https://10.0.0.1/a",
+        "https://[2001:db8::1]/",
+        "https://sub.domain.example.co.uk/path?q=1",
+        "HTTPS://EXAMPLE.COM",
+        "https://b\u00fccher.example/",
+    ],
+)
+def test_valid_urls(value):
+    assert UrlIn(original_url=value).original_url == value
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "example.com",
+        "https://",
+        "https://-bad-.com",
+        "https://example.123",
+        "https://exa_mple.com",
+        "mailto:a@b.co",
+        "https://example.com:port/",
+        "https://a..b",
+        "http://\u00ff\u00ff\u00ff.\udc00",
+        "https://e.com/\x00",
+    ],
+)
+def test_invalid_urls(value):
+    with pytest.raises(ValidationError):
+        UrlIn(original_url=value)
+
+
+def test_email_is_kept_as_written():
+    assert UserIn(username=" Ann ", email="Ann@Example.COM").model_dump() == {
+        "username": "Ann",
+        "email": "Ann@Example.COM",
+    }
+
+
+def test_event_out_never_returns_a_non_object_details():
+    from datetime import datetime
+
+    row = {"id": 1, "url_id": None, "user_id": None, "event_type": "x", "timestamp": datetime(2025, 1, 2)}
+    assert event_out({**row, "details": ["a"]})["details"] == {}
+    assert event_out({**row, "details": {"k": 1}})["details"] == {"k": 1}
+    assert timestamp(datetime(2025, 9, 19, 22, 25, 5, 123456)) == "2025-09-19T22:25:05"
+
+
+def test_event_type_is_stripped_and_bounded():
+    assert EventIn(event_type=" click ").event_type == "click"
+    with pytest.raises(ValidationError):
+        EventIn(event_type="   ")
+
+
+def test_settings_read_the_environment(monkeypatch):
+    monkeypatch.setenv("SHORTENER_DB_POOL_MAX", "17")
+    monkeypatch.setenv("SHORTENER_MIGRATE_ON_START", "false")
+    settings = Settings()
+    assert settings.db_pool_max == 17 and settings.migrate_on_start is False
+    monkeypatch.setenv("SHORTENER_LIST_DEFAULT_LIMIT", "10")
+    with pytest.raises(ValidationError):
+        Settings()
