@@ -26,8 +26,8 @@ from typing import TypeVar
 
 import redis
 from redis.backoff import NoBackoff
-from redis.retry import Retry
 from redis.exceptions import RedisError
+from redis.retry import Retry
 
 from app import metrics
 

@@ -26,8 +26,8 @@ def seed_dir(tmp_path: Path) -> Path:
 def test_seed_loads_with_ids_quirks_and_moves_sequences(clean, seed_dir, client, sql, monkeypatch):
     monkeypatch.setenv("SHORTENER_DATABASE_URL", clean.database_url)
     assert seed.main([str(seed_dir)]) == 0
-    counts = {t: sql(f"SELECT count(*), max(id) FROM {t}")[0] for t in ("users", "urls", "events")}  # noqa: S608
-    assert counts["users"] == (400, 400) and counts["urls"] == (2000, 2000) and counts["events"] == (3422, 3422)
+    counts = {t: sql(f"SELECT count(*), max(id) FROM {t}")[0] for t in ("users", "urls", "events")}
+    assert counts == {"users": (400, 400), "urls": (2000, 2000), "events": (3422, 3422)}
     # Quirks: True/False strings, a space in timestamps, details as a JSON string.
     first = client.get("/urls/1").get_json()
     assert first["short_code"] == "ENE3UF" and first["is_active"] is False
@@ -46,7 +46,9 @@ def test_seed_loads_with_ids_quirks_and_moves_sequences(clean, seed_dir, client,
 
 
 def test_seed_tolerates_odd_values(clean, tmp_path, sql, _schema):
-    (tmp_path / "users.csv").write_text("id,username,email,created_at\n1,a,a@x.io,\n2,a,b@x.io,2025-01-01 00:00:00\n")
+    (tmp_path / "users.csv").write_text(
+        "id,username,email,created_at\n1,a,a@x.io,\n2,a,b@x.io,2025-01-01 00:00:00\n"
+    )
     (tmp_path / "urls.csv").write_text(
         "id,user_id,short_code,original_url,title,is_active,created_at,updated_at\n"
         "1,,abc,https://x.io,,true,2025-01-01 00:00:00,\n"
@@ -78,7 +80,7 @@ def test_three_instances_migrating_at_once_apply_each_migration_once(stack):
         try:
             barrier.wait()
             results.append(migrations.migrate(db, settings))
-        except BaseException as exc:  # noqa: BLE001 - collected for the assertion
+        except BaseException as exc:
             errors.append(exc)
         finally:
             db.close()
