@@ -42,7 +42,6 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     db = Database(
         settings.database_url,
-        settings.db_pool_min,
         settings.db_pool_max,
         settings.db_pool_timeout,
         settings.db_connect_timeout,

@@ -182,7 +182,7 @@ def main() -> int:
     host, _, port = settings.clickworker_metrics_addr.rpartition(":")
     if port:
         start_http_server(int(port), addr=host or "127.0.0.1")
-    db = Database(settings.database_url, 1, 2, 10.0, settings.db_connect_timeout)
+    db = Database(settings.database_url, 2, 10.0, settings.db_connect_timeout)
     client = redis.Redis.from_url(
         settings.redis_url,
         socket_timeout=max(settings.redis_socket_timeout, settings.clickworker_block_ms / 1000 + 2),

@@ -17,7 +17,6 @@ class Settings(BaseSettings):
 
     # PostgreSQL, normally through PgBouncer in transaction pooling mode.
     database_url: str = "postgresql://shortener:shortener@127.0.0.1:5432/shortener"
-    db_pool_min: int = Field(1, ge=0)
     db_pool_max: int = Field(8, ge=1)
     db_pool_timeout: float = Field(2.0, gt=0, description="seconds to wait for a free pooled connection")
     db_connect_timeout: int = Field(3, ge=1)

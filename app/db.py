@@ -43,7 +43,6 @@ class Database:
     def __init__(
         self,
         dsn: str,
-        minconn: int,
         maxconn: int,
         wait_timeout: float,
         connect_timeout: int,

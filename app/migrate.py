@@ -54,7 +54,7 @@ def main() -> int:
 
     settings = get_settings()
     configure_logging(settings.log_level)
-    db = Database(settings.database_url, 1, 1, 30.0, settings.db_connect_timeout)
+    db = Database(settings.database_url, 1, 30.0, settings.db_connect_timeout)
     try:
         applied = migrate(db, settings)
     finally:

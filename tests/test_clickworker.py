@@ -16,7 +16,7 @@ from tests.conftest import make_settings
 @pytest.fixture
 def worker_parts(clean):
     settings = make_settings(clean, clickworker_batch_size=50, clickworker_block_ms=100)
-    db = Database(settings.database_url, 1, 2, 5, 2)
+    db = Database(settings.database_url, 2, 5, 2)
     client = redis_lib.Redis.from_url(settings.redis_url, decode_responses=True, socket_timeout=5)
     yield settings, db, client
     db.close()

@@ -167,3 +167,16 @@ def test_a_broken_connection_is_replaced(app, client, sql):
     statuses = [client.get("/users").status_code for _ in range(3)]
     assert statuses[-1] == 200 and set(statuses) <= {200, 503}
     assert db.in_use == 0
+
+
+def test_redis_out_of_memory_still_redirects_and_keeps_the_click(app_factory, make_url, redis, sql):
+    client = app_factory().test_client()
+    url = make_url()
+    redis.config_set("maxmemory-policy", "noeviction")
+    redis.config_set("maxmemory", "1")
+    try:
+        for _ in range(4):
+            assert client.get(f"/{url['short_code']}").status_code == 302
+    finally:
+        redis.config_set("maxmemory", "0")
+    assert sql("SELECT count(*) FROM events WHERE event_type = 'click'")[0][0] == 4
