@@ -1,0 +1,192 @@
+"""Verify the all-in-one lab host: units, exposure, the API through Nginx, restarts, reboot.
+
+Runs in Molecule's verify step (testinfra over Molecule's Ansible inventory). HTTP checks go
+from the machine running Molecule to the host's address on the lab bridge, the way a user
+would reach it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import threading
+import time
+import uuid
+
+import pytest
+import requests
+import testinfra.utils.ansible_runner
+
+testinfra_hosts = testinfra.utils.ansible_runner.AnsibleRunner(
+    os.environ["MOLECULE_INVENTORY_FILE"]
+).get_hosts("all")
+
+INSTANCES = (8001, 8002, 8003)
+UNITS = (
+    "nginx",
+    "postgresql@15-main",
+    "pgbouncer",
+    "redis-server",
+    "shortener-clickworker",
+    *(f"shortener@{port}" for port in INSTANCES),
+)
+PRIVATE_PORTS = (5432, 6432, 6379, 9101, *INSTANCES)
+
+
+@pytest.fixture(scope="module")
+def address(host) -> str:
+    return host.ansible.get_variables()["ansible_host"]
+
+
+@pytest.fixture(scope="module")
+def base(address) -> str:
+    return f"http://{address}"
+
+
+def wait_healthy(base: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(f"{base}/health", timeout=3).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(1)
+    raise AssertionError(f"{base}/health did not answer 200 within {timeout} s")
+
+
+@pytest.mark.parametrize("unit", UNITS)
+def test_unit_is_active_and_enabled(host, unit):
+    service = host.service(unit)
+    assert service.is_running, unit
+    assert service.is_enabled, unit
+
+
+def test_only_ssh_and_http_are_reachable_from_outside(address):
+    def is_open(port: int) -> bool:
+        try:
+            with socket.create_connection((address, port), timeout=2):
+                return True
+        except OSError:
+            return False
+
+    assert is_open(22) and is_open(80)
+    reachable = [port for port in PRIVATE_PORTS if is_open(port)]
+    assert reachable == []
+
+
+def test_health_through_nginx(base):
+    response = requests.get(f"{base}/health", timeout=5)
+    assert response.status_code == 200
+    assert response.json()["database"] == "ok" and response.json()["cache"] == "ok"
+    assert response.headers.get("X-Request-ID")
+
+
+def test_shorten_follow_and_count_through_nginx(base):
+    tag = uuid.uuid4().hex[:8]
+    user = requests.post(f"{base}/users", json={"username": f"v{tag}", "email": f"v{tag}@example.com"}, timeout=5)
+    assert user.status_code == 201
+    url = requests.post(
+        f"{base}/urls",
+        json={"original_url": f"https://example.com/{tag}", "user_id": user.json()["id"]},
+        timeout=5,
+    )
+    assert url.status_code == 201
+    code = url.json()["short_code"]
+    follow = requests.get(f"{base}/{code}", allow_redirects=False, timeout=5)
+    assert follow.status_code == 302
+    assert follow.headers["Location"] == f"https://example.com/{tag}"
+    clicks = requests.get(f"{base}/events", params={"url_id": url.json()["id"], "event_type": "click"}, timeout=5)
+    assert clicks.status_code == 200
+    assert len(clicks.json()) == 1
+
+
+def test_errors_through_nginx_are_json(base):
+    response = requests.post(f"{base}/urls", data="not json", headers={"Content-Type": "text/plain"}, timeout=5)
+    assert response.status_code == 400
+    assert "error" in response.json()
+    assert requests.get(f"{base}/nosuch", timeout=5).json() == {"error": "Short link not found"}
+
+
+def _health_requests(host, port: int) -> float:
+    text = host.check_output(f"curl -sf http://127.0.0.1:{port}/metrics")
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith("shortener_http_requests_total{") and 'endpoint="/health"' in line:
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_load_balancer_uses_all_three_instances(host, base):
+    before = {port: _health_requests(host, port) for port in INSTANCES}
+    for _ in range(60):
+        assert requests.get(f"{base}/health", timeout=5).status_code == 200
+    after = {port: _health_requests(host, port) for port in INSTANCES}
+    served = {port: after[port] - before[port] for port in INSTANCES}
+    assert all(count > 0 for count in served.values()), served
+    assert sum(served.values()) >= 60
+
+
+def _main_pid(host, unit: str) -> int:
+    return int(host.check_output(f"systemctl show -p MainPID --value {unit}"))
+
+
+def test_killed_instance_comes_back_and_requests_do_not_fail(host, base):
+    code = requests.post(f"{base}/urls", json={"original_url": "https://example.com/kill"}, timeout=5).json()[
+        "short_code"
+    ]
+    statuses: list[int] = []
+    stop = threading.Event()
+
+    def traffic() -> None:
+        while not stop.is_set():
+            try:
+                statuses.append(requests.get(f"{base}/{code}", allow_redirects=False, timeout=5).status_code)
+            except requests.RequestException:
+                statuses.append(0)
+            time.sleep(0.01)
+
+    old_pid = _main_pid(host, "shortener@8001")
+    thread = threading.Thread(target=traffic)
+    thread.start()
+    try:
+        time.sleep(1)
+        host.run(f"kill -9 {old_pid}")
+        killed_at = time.monotonic()
+        back_after = None
+        while time.monotonic() - killed_at < 30:
+            pid = _main_pid(host, "shortener@8001")
+            state = host.check_output("systemctl is-active shortener@8001 || true")
+            if pid not in (0, old_pid) and state == "active":
+                back_after = time.monotonic() - killed_at
+                break
+            time.sleep(0.5)
+        time.sleep(2)
+    finally:
+        stop.set()
+        thread.join()
+    assert back_after is not None, "shortener@8001 did not come back within 30 s"
+    print(f"shortener@8001 back {back_after:.1f} s after kill -9; {len(statuses)} requests meanwhile")
+    assert statuses and set(statuses) == {302}, {s: statuses.count(s) for s in set(statuses)}
+
+
+def test_reboot_brings_everything_back_without_data_loss(host, base):
+    tag = uuid.uuid4().hex[:8]
+    url = requests.post(f"{base}/urls", json={"original_url": f"https://example.com/r{tag}"}, timeout=5).json()
+    for _ in range(3):
+        assert requests.get(f"{base}/{url['short_code']}", allow_redirects=False, timeout=5).status_code == 302
+    params = {"url_id": url["id"], "event_type": "click"}
+    assert len(requests.get(f"{base}/events", params=params, timeout=5).json()) == 3
+    # In a container the kernel's boot id stays; PID 1's start time tells a new boot.
+    booted = host.check_output("ps -o lstart= -p 1")
+    host.run("systemd-run --on-active=1 --timer-property=AccuracySec=100ms systemctl reboot")
+    time.sleep(5)
+    wait_healthy(base, timeout=180)
+    assert host.check_output("ps -o lstart= -p 1") != booted, "the host did not reboot"
+    for unit in UNITS:
+        assert host.service(unit).is_running, unit
+    assert requests.get(f"{base}/urls/{url['id']}", timeout=5).status_code == 200
+    assert len(requests.get(f"{base}/events", params=params, timeout=5).json()) == 3
+    follow = requests.get(f"{base}/{url['short_code']}", allow_redirects=False, timeout=5)
+    assert follow.status_code == 302 and re.search(tag, follow.headers["Location"])
