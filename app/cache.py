@@ -81,9 +81,7 @@ class Unavailable(Exception):
 class CircuitBreaker:
     """Opens after ``threshold`` consecutive failures; lets one probe through after ``reset``."""
 
-    def __init__(
-        self, threshold: int, reset_seconds: float, clock: Callable[[], float] = time.monotonic
-    ) -> None:
+    def __init__(self, threshold: int, reset_seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.threshold = threshold
         self.reset_seconds = reset_seconds
         self._clock = clock

@@ -11,6 +11,7 @@ before its acknowledgement, or drained by GET /events and by the worker) is stor
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import secrets
@@ -28,13 +29,24 @@ MAX_HEADER_CHARS = 512
 DRAIN_PAGE = 1000
 
 
+def header_text(value: str | None) -> str:
+    """A request header as stored text: WSGI hands headers over decoded as latin-1, so bytes
+    that were UTF-8 are decoded again; NUL and other C0 controls are dropped."""
+    if not value:
+        return ""
+    with contextlib.suppress(UnicodeEncodeError, UnicodeDecodeError):
+        value = value.encode("latin-1").decode("utf-8")
+    cleaned = "".join(ch for ch in value if ch >= " " or ch == "\t")
+    return cleaned.encode("utf-8", "replace").decode("utf-8")[:MAX_HEADER_CHARS]
+
+
 def new_click(referrer: str | None, user_agent: str | None) -> dict[str, str]:
     """The fields a click is queued with (short names keep the stream small)."""
     return {
         "c": secrets.token_hex(12),
         "t": datetime.now(UTC).replace(tzinfo=None).isoformat(timespec="seconds"),
-        "r": (referrer or "")[:MAX_HEADER_CHARS],
-        "a": (user_agent or "")[:MAX_HEADER_CHARS],
+        "r": header_text(referrer),
+        "a": header_text(user_agent),
     }
 
 

@@ -23,6 +23,7 @@ import threading
 import time
 from types import FrameType
 
+import psycopg2
 import redis
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 from redis.exceptions import RedisError, ResponseError
@@ -42,14 +43,10 @@ BATCHES = Histogram(
     "Time to write one batch of clicks.",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
 )
-FAILURES = Counter(
-    "shortener_clickworker_failures_total", "Batches that could not be written, by cause.", ["cause"]
-)
+FAILURES = Counter("shortener_clickworker_failures_total", "Batches that could not be written, by cause.", ["cause"])
 BACKLOG = Gauge("shortener_clickworker_backlog", "Clicks in the stream, not yet written.")
 PENDING = Gauge("shortener_clickworker_pending", "Clicks delivered to a worker but not acknowledged.")
-LAST_SUCCESS = Gauge(
-    "shortener_clickworker_last_success_timestamp_seconds", "When the worker last completed a loop."
-)
+LAST_SUCCESS = Gauge("shortener_clickworker_last_success_timestamp_seconds", "When the worker last completed a loop.")
 
 
 class ClickWorker:
@@ -80,7 +77,18 @@ class ClickWorker:
             except (KeyError, ValueError):
                 # Not a click we wrote: keep it out of the table, but say so.
                 log.error("dropping malformed stream entry", extra={"fields": fields})
-        new = clicks.write_rows(self.db, rows)
+        try:
+            new = clicks.write_rows(self.db, rows)
+        except psycopg2.DataError:
+            # One click PostgreSQL refuses must not block the queue forever: write them one by
+            # one and drop (with a log line) only the refused ones.
+            new = 0
+            for row in rows:
+                try:
+                    new += clicks.write_rows(self.db, [row])
+                except psycopg2.DataError as exc:
+                    FAILURES.labels("refused").inc()
+                    log.error("dropping a click the database refused", extra={"row": row, "error": str(exc)})
         ids = [entry_id for entry_id, _ in entries]
         pipe = self.redis.pipeline(transaction=False)
         pipe.xack(self.stream, GROUP, *ids)

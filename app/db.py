@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import select
 import threading
 import time
 from collections.abc import Iterator
@@ -26,6 +27,18 @@ log = logging.getLogger(__name__)
 
 # Errors that mean "the database cannot be reached", as opposed to a bad statement.
 CONNECTION_ERRORS = (psycopg2.OperationalError, psycopg2.InterfaceError)
+
+
+def _looks_alive(conn: psycopg2.extensions.connection) -> bool:
+    """An idle connection has nothing to read; a readable one was closed by the other side
+    (PgBouncer or PostgreSQL restarted). One poll, no round trip."""
+    if conn.closed:
+        return False
+    try:
+        readable, _, _ = select.select([conn], [], [], 0)
+    except (OSError, ValueError):
+        return False
+    return not readable
 
 
 class DatabaseUnavailable(Exception):
@@ -69,9 +82,7 @@ class Database:
                     self._pid = os.getpid()
 
     def _connect(self) -> psycopg2.extensions.connection:
-        conn = psycopg2.connect(
-            self._dsn, connect_timeout=self._connect_timeout, application_name="shortener"
-        )
+        conn = psycopg2.connect(self._dsn, connect_timeout=self._connect_timeout, application_name="shortener")
         conn.autocommit = True
         return conn
 
@@ -98,6 +109,8 @@ class Database:
         try:
             with self._lock:
                 conn = self._idle.pop() if self._idle else None
+            if conn is not None and not _looks_alive(conn):
+                conn.close()
             try:
                 if conn is None or conn.closed:
                     conn = self._connect()

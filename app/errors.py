@@ -6,6 +6,7 @@ import json
 import logging
 from typing import Any, TypeVar
 
+import psycopg2
 from flask import Flask, Response, jsonify, request
 from pydantic import BaseModel, ValidationError
 from werkzeug.exceptions import HTTPException
@@ -87,6 +88,12 @@ def register(app: Flask) -> None:
         response = error_response(503, "Database unavailable, try again shortly")
         response.headers["Retry-After"] = "5"
         return response
+
+    @app.errorhandler(psycopg2.DataError)
+    def _data_error(exc: psycopg2.DataError) -> Response:
+        # Validation should have caught it; the database's own refusal is still the client's value.
+        log.warning("database refused a value", extra={"error": str(exc).strip()})
+        return error_response(422, "A value could not be stored")
 
     @app.errorhandler(CacheUnavailable)
     def _cache_down(exc: CacheUnavailable) -> Response:  # pragma: no cover - callers handle it

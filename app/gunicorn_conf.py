@@ -11,7 +11,29 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from app.config import get_settings
+
+def _empty_metrics_dir() -> None:
+    # Files left by a previous run would add stale samples to every counter. This must run
+    # before anything imports the app package: prometheus_client opens its sample files in
+    # this directory as soon as app.metrics is imported. A reload (HUP) reads this file again
+    # in the same process and must not delete live workers' files.
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if directory and not os.environ.get("SHORTENER_METRICS_DIR_READY"):
+        os.environ["SHORTENER_METRICS_DIR_READY"] = "1"
+        path = Path(directory)
+        if path.exists():
+            for child in path.iterdir():
+                if child.is_dir():
+                    shutil.rmtree(child)
+                else:
+                    child.unlink()
+        path.mkdir(parents=True, exist_ok=True)
+
+
+_empty_metrics_dir()
+os.environ["SHORTENER_UNDER_GUNICORN"] = "1"
+
+from app.config import get_settings  # noqa: E402 - after the metrics directory exists
 
 _settings = get_settings()
 
@@ -31,29 +53,6 @@ accesslog = None  # the app writes one JSON line per request
 errorlog = "-"
 loglevel = _settings.log_level.lower()
 proc_name = f"shortener-{bind.rpartition(':')[2]}"
-# Gunicorn's sd_notify READY comes only after the app loaded; systemd can wait for it.
-raw_env = ["SHORTENER_UNDER_GUNICORN=1"]
-os.environ["SHORTENER_UNDER_GUNICORN"] = "1"
-
-
-def _empty_metrics_dir() -> None:
-    # Files left by a previous run would add stale samples to every counter. This runs when
-    # the master reads this file, before the preloaded app writes any sample; a reload (HUP)
-    # reads it again in the same process and must not delete live workers' files.
-    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-    if directory and not os.environ.get("SHORTENER_METRICS_DIR_READY"):
-        os.environ["SHORTENER_METRICS_DIR_READY"] = "1"
-        path = Path(directory)
-        if path.exists():
-            for child in path.iterdir():
-                if child.is_dir():
-                    shutil.rmtree(child)
-                else:
-                    child.unlink()
-        path.mkdir(parents=True, exist_ok=True)
-
-
-_empty_metrics_dir()
 
 
 def post_fork(server: Any, worker: Any) -> None:

@@ -107,17 +107,13 @@ class InstanceProcessCollector(Collector):
                 rss += proc.memory_info().rss
             except psutil.Error:
                 continue
-        yield CounterMetricFamily(
-            "shortener_instance_cpu_seconds", "CPU time of the instance's processes.", value=cpu
-        )
+        yield CounterMetricFamily("shortener_instance_cpu_seconds", "CPU time of the instance's processes.", value=cpu)
         yield GaugeMetricFamily(
             "shortener_instance_resident_memory_bytes",
             "Resident memory of the instance's processes.",
             value=rss,
         )
-        yield GaugeMetricFamily(
-            "shortener_instance_processes", "Processes of the instance.", value=len(procs)
-        )
+        yield GaugeMetricFamily("shortener_instance_processes", "Processes of the instance.", value=len(procs))
 
 
 _INSTANCE_COLLECTOR = InstanceProcessCollector()

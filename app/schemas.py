@@ -44,6 +44,30 @@ RESERVED_CODES = frozenset(
 _HOST_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
 
 
+def storable(value: str) -> str:
+    """PostgreSQL stores neither NUL characters nor lone surrogates, in text or in jsonb."""
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError("must be valid Unicode text") from exc
+    return value
+
+
+def _storable_json(value: Any) -> Any:
+    if isinstance(value, str):
+        storable(value)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            storable(key)
+            _storable_json(item)
+    elif isinstance(value, list):
+        for item in value:
+            _storable_json(item)
+    return value
+
+
 def _not_blank(value: str) -> str:
     if not value.strip():
         raise ValueError("must not be empty")
@@ -108,11 +132,12 @@ def _code(value: str) -> str:
     return value
 
 
-Username = Annotated[StrictStr, Field(max_length=100), AfterValidator(_not_blank)]
-Email = Annotated[StrictStr, Field(max_length=254), AfterValidator(_email)]
-HttpUrl = Annotated[StrictStr, AfterValidator(_http_url)]
-ShortCode = Annotated[StrictStr, AfterValidator(_code)]
-Title = Annotated[StrictStr, Field(max_length=500)]
+Text = Annotated[StrictStr, AfterValidator(storable)]
+Username = Annotated[Text, Field(max_length=100), AfterValidator(_not_blank)]
+Email = Annotated[Text, Field(max_length=254), AfterValidator(_email)]
+HttpUrl = Annotated[Text, AfterValidator(_http_url)]
+ShortCode = Annotated[Text, AfterValidator(_code)]
+Title = Annotated[Text, Field(max_length=500)]
 RedirectType = Literal[301, 302, 307, 308]
 Id = Annotated[StrictInt, Field(ge=1, le=2**63 - 1)]
 
@@ -147,10 +172,10 @@ class UrlUpdate(Strict):
 
 
 class EventIn(Strict):
-    event_type: Annotated[StrictStr, Field(max_length=50), AfterValidator(_not_blank)]
+    event_type: Annotated[Text, Field(max_length=50), AfterValidator(_not_blank)]
     url_id: Id | None = None
     user_id: Id | None = None
-    details: dict[str, Any] | None = None
+    details: Annotated[dict[str, Any], AfterValidator(_storable_json)] | None = None
 
 
 # --- responses (documentation of /openapi.json and the shape the API returns) -------------

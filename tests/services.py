@@ -215,9 +215,7 @@ def _run(
         output = out.read().decode(errors="replace")
     result = subprocess.CompletedProcess(proc.args, proc.returncode, output, "")
     if check and proc.returncode != 0:
-        raise ServicesError(
-            f"command failed ({proc.returncode}): {shlex.join(cmd)}\n{output.strip()[-4000:]}"
-        )
+        raise ServicesError(f"command failed ({proc.returncode}): {shlex.join(cmd)}\n{output.strip()[-4000:]}")
     return result
 
 
@@ -482,8 +480,7 @@ class Services:
             entry = pwd.getpwnam(SERVICE_USER)
         except KeyError:
             raise ServicesError(
-                f"running as root but there is no `{SERVICE_USER}` user "
-                "(it comes with the postgresql package)"
+                f"running as root but there is no `{SERVICE_USER}` user (it comes with the postgresql package)"
             ) from None
         return entry.pw_uid, entry.pw_gid
 
@@ -553,9 +550,7 @@ class Services:
             shutil.rmtree(self.pg_data, ignore_errors=True)
         return bindirs[0]
 
-    def _pg_ctl(
-        self, *args: str, timeout: float = 120, check: bool = True
-    ) -> subprocess.CompletedProcess[str]:
+    def _pg_ctl(self, *args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess[str]:
         return _run(
             [str(self._pg_bindir() / "pg_ctl"), "-D", str(self.pg_data), *args],
             as_service_user=True,
@@ -1063,8 +1058,7 @@ class Services:
     def _terminate_other_backends(self, conn: PgConnection) -> None:
         with conn.cursor() as cur:
             cur.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                "WHERE datname = %s AND pid <> pg_backend_pid()",
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
                 (APP_DATABASE,),
             )
 
@@ -1088,9 +1082,7 @@ class Services:
         """Empty every table in `public` and restart sequences; keeps the schema."""
         conn = self.admin_connection()
         with conn.cursor() as cur:
-            cur.execute(
-                "SELECT format('%I.%I', schemaname, tablename) FROM pg_tables WHERE schemaname = 'public'"
-            )
+            cur.execute("SELECT format('%I.%I', schemaname, tablename) FROM pg_tables WHERE schemaname = 'public'")
             tables = [row[0] for row in cur.fetchall()]
             if tables:
                 cur.execute(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE")

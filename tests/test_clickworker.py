@@ -32,9 +32,7 @@ def click_count(sql) -> int:
     return sql("SELECT count(*) FROM events WHERE event_type = 'click'")[0][0]
 
 
-def test_worker_writes_queued_clicks_in_batches_and_empties_the_stream(
-    client, make_url, worker_parts, sql, redis
-):
+def test_worker_writes_queued_clicks_in_batches_and_empties_the_stream(client, make_url, worker_parts, sql, redis):
     settings, db, rclient = worker_parts
     url = make_url()
     burst(client, url["short_code"], 120)
@@ -146,3 +144,19 @@ def test_main_refuses_to_run_without_redis(monkeypatch):
         assert clickworker.main() == 2
     finally:
         get_settings.cache_clear()
+
+
+def test_a_click_the_database_refuses_does_not_block_the_queue(client, make_url, worker_parts, sql, redis):
+    settings, db, rclient = worker_parts
+    url = make_url()
+    burst(client, url["short_code"], 2)
+    worker = clickworker.ClickWorker(settings, db, rclient, "w")
+    worker.ensure_group()
+    # Written by something other than our redirect: a timestamp PostgreSQL cannot read.
+    redis.xadd(settings.click_stream, {"c": "bad1", "u": str(url["id"]), "o": "", "t": "not-a-time", "s": "x"})
+    burst(client, url["short_code"], 1)
+    while worker.step():
+        pass
+    assert click_count(sql) == 3
+    assert redis.xlen(settings.click_stream) == 0
+    assert clickworker.FAILURES.labels("refused")._value.get() >= 1

@@ -117,10 +117,7 @@ def test_rule_6_applies_to_put_too(client, make_user, make_url):
 
 
 def test_rule_7_paging(client, sql):
-    sql(
-        "INSERT INTO users (username, email) "
-        "SELECT 'p' || g, 'p' || g || '@x.io' FROM generate_series(1, 30) g"
-    )
+    sql("INSERT INTO users (username, email) SELECT 'p' || g, 'p' || g || '@x.io' FROM generate_series(1, 30) g")
     assert len(client.get("/users").get_json()) == 30
     pages = [client.get(f"/users?page={p}&per_page=7").get_json() for p in range(1, 6)]
     ids = [u["id"] for page in pages for u in page]

@@ -12,9 +12,7 @@ DOCS = Path(__file__).resolve().parents[1] / "docs"
 def test_every_setting_is_documented():
     text = (DOCS / "configuration.md").read_text()
     missing = [
-        f"SHORTENER_{name.upper()}"
-        for name in Settings.model_fields
-        if f"`SHORTENER_{name.upper()}`" not in text
+        f"SHORTENER_{name.upper()}" for name in Settings.model_fields if f"`SHORTENER_{name.upper()}`" not in text
     ]
     assert missing == []
 

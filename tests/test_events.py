@@ -69,8 +69,6 @@ def test_list_events_filters(client, make_user, make_url):
     assert len(client.get("/events?page=1&per_page=2").get_json()) == 2
 
 
-@pytest.mark.parametrize(
-    "query", ["url_id=x", "user_id=-3", "page=0", "per_page=a", "event_type=" + "x" * 51]
-)
+@pytest.mark.parametrize("query", ["url_id=x", "user_id=-3", "page=0", "per_page=a", "event_type=" + "x" * 51])
 def test_list_events_bad_values_are_400(client, query):
     assert client.get(f"/events?{query}").status_code == 400

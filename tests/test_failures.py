@@ -159,8 +159,7 @@ def test_a_broken_connection_is_replaced(app, client, sql):
     db = app.extensions["shortener"].db
     assert client.get("/users").status_code == 200
     sql(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-        "WHERE usename = 'shortener' AND pid <> pg_backend_pid()"
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = 'shortener' AND pid <> pg_backend_pid()"
     )
     # The pooled connection is dead (PgBouncer's server side was killed): at most one request
     # fails with 503, and the next one works again.

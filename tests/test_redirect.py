@@ -96,3 +96,14 @@ def test_user_agent_and_referrer_are_truncated(client, make_url):
     client.get(f"/{url['short_code']}", headers={"User-Agent": "a" * 5000})
     [click] = clicks(client, url["id"])
     assert len(click["details"]["user_agent"]) == 512
+
+
+def test_header_text_is_stored_as_sent_without_what_postgres_refuses(client, make_url):
+    url = make_url()
+    # WSGI hands headers over as latin-1: the UTF-8 bytes of "café" arrive as "cafÃ©".
+    client.get(f"/{url['short_code']}", headers={"User-Agent": "caf\u00c3\u00a9 a\x00b", "Referer": "r\x01"})
+    response = client.get(f"/events?url_id={url['id']}&event_type=click")
+    assert response.status_code == 200
+    [click] = response.get_json()
+    assert click["details"]["user_agent"] == "caf\u00e9 ab"
+    assert click["details"]["referrer"] == "r"

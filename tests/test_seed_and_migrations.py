@@ -46,9 +46,7 @@ def test_seed_loads_with_ids_quirks_and_moves_sequences(clean, seed_dir, client,
 
 
 def test_seed_tolerates_odd_values(clean, tmp_path, sql, _schema):
-    (tmp_path / "users.csv").write_text(
-        "id,username,email,created_at\n1,a,a@x.io,\n2,a,b@x.io,2025-01-01 00:00:00\n"
-    )
+    (tmp_path / "users.csv").write_text("id,username,email,created_at\n1,a,a@x.io,\n2,a,b@x.io,2025-01-01 00:00:00\n")
     (tmp_path / "urls.csv").write_text(
         "id,user_id,short_code,original_url,title,is_active,created_at,updated_at\n"
         "1,,abc,https://x.io,,true,2025-01-01 00:00:00,\n"

@@ -223,8 +223,7 @@ def test_reset_database_drops_everything_quickly(harness: Services) -> None:
         with conn, conn.cursor() as cur:
             for i in range(10):
                 cur.execute(
-                    f"CREATE TABLE t{i} (id bigserial PRIMARY KEY, v text UNIQUE, "
-                    f"created timestamptz DEFAULT now())"
+                    f"CREATE TABLE t{i} (id bigserial PRIMARY KEY, v text UNIQUE, created timestamptz DEFAULT now())"
                 )
                 cur.execute(f"CREATE INDEX ON t{i} (created)")
                 cur.execute(f"INSERT INTO t{i} (v) SELECT g::text FROM generate_series(1, 100) g")

@@ -91,10 +91,7 @@ def test_per_page_is_capped_at_the_maximum(app_factory, make_user):
 
 
 def test_unpaged_list_is_capped_at_the_configured_limit(stack, client, sql):
-    sql(
-        "INSERT INTO users (username, email) "
-        "SELECT 'u' || g, 'u' || g || '@x.io' FROM generate_series(1, 1005) g"
-    )
+    sql("INSERT INTO users (username, email) SELECT 'u' || g, 'u' || g || '@x.io' FROM generate_series(1, 1005) g")
     from app.config import Settings
 
     assert Settings.model_fields["list_default_limit"].default >= 1000

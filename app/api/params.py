@@ -6,6 +6,7 @@ from flask import request
 
 from app import services
 from app.errors import ApiError
+from app.schemas import storable
 
 _TRUE = {"true", "1"}
 _FALSE = {"false", "0"}
@@ -42,7 +43,10 @@ def str_param(name: str, max_length: int) -> str | None:
         return None
     if len(raw) > max_length:
         raise ApiError(400, f"Query parameter '{name}' is too long", {name: "too long"})
-    return raw
+    try:
+        return storable(raw)
+    except ValueError as exc:
+        raise ApiError(400, f"Query parameter '{name}' {exc}", {name: str(exc)}) from exc
 
 
 def paging() -> tuple[int, int]:

@@ -40,10 +40,7 @@ def follow(short_code: str) -> Response:
     cache_up = False
     if cache.enabled:
         try:
-            if click is not None:
-                cached = cache.lookup_and_click(short_code, click)
-            else:
-                cached = cache.peek(short_code)
+            cached = cache.lookup_and_click(short_code, click) if click is not None else cache.peek(short_code)
             cache_up = True
         except Unavailable:
             metrics.CACHE_REQUESTS.labels("bypass").inc()

@@ -114,9 +114,7 @@ def bulk_users() -> Response:
         raise ApiError(400, "The CSV file is empty")
     missing = [c for c in ("username", "email") if c not in header]
     if missing:
-        raise ApiError(
-            422, "The CSV header must name username and email", {c: "missing column" for c in missing}
-        )
+        raise ApiError(422, "The CSV header must name username and email", {c: "missing column" for c in missing})
     reader.fieldnames = header
     try:
         rows = list(reader)
