@@ -14,7 +14,7 @@ BIN         := $(VENV)/bin
 LAB         := python3 $(ROOT)/lab/lab.py
 APT_PACKAGES := python3-venv python3-dev gcc libpq-dev postgresql pgbouncer redis-server \
                 chromium chromium-driver systemd-container debootstrap iptables openssh-client \
-                curl ca-certificates rsync
+                curl ca-certificates rsync prometheus prometheus-alertmanager
 LAB_HOST    := lab-aio=10.213.0.10
 LAB_ADDR    := 10.213.0.10
 export ANSIBLE_CONFIG := $(ROOT)/ansible/ansible.cfg
@@ -47,6 +47,8 @@ lint: venv ## ruff, yamllint, ansible-lint (production profile)
 	$(BIN)/ruff format --check .
 	$(BIN)/yamllint -s .
 	cd $(ROOT) && $(BIN)/ansible-lint --profile production -q ansible/ molecule/
+	promtool check rules ansible/roles/prometheus/files/rules/*.yml
+	cd $(ROOT)/ansible/roles/prometheus/tests/rules && promtool test rules *.yml
 
 test-service: venv ## the service's pytest suite against real PostgreSQL, PgBouncer, Redis (coverage >= 95%)
 	cd $(ROOT) && $(PY) -m pytest -p no:cacheprovider --cov --cov-report=term-missing:skip-covered tests

@@ -29,9 +29,7 @@ def members(src: Path) -> list[Path]:
     for root, dirs, files in os.walk(src / "app"):
         # Sorted in place so that the walk, and so the archive, has one order everywhere.
         dirs[:] = sorted(d for d in dirs if d not in SKIP_DIRS and not d.startswith("."))
-        found.extend(
-            Path(root) / f for f in sorted(files) if not f.endswith(SKIP_SUFFIXES) and not f.startswith(".")
-        )
+        found.extend(Path(root) / f for f in sorted(files) if not f.endswith(SKIP_SUFFIXES) and not f.startswith("."))
     return found
 
 

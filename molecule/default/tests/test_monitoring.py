@@ -1,0 +1,264 @@
+"""Verify the monitoring of a host in the `monitoring` group: targets, rules, dashboards,
+paging to the Discord sink, and logs from a browser.
+
+Molecule's verify step runs it with the scenario's inventory (MOLECULE_INVENTORY_FILE). By
+hand, against any lab host converged with site.yml and monitoring.yml:
+
+    pytest -v -s molecule/default/tests/test_monitoring.py \
+        --hosts=ansible://h6-t --ansible-inventory=/tmp/h6/inventory
+
+The paging tests stop every app instance, then PostgreSQL, and put them back; each one
+leaves the host healthy (GET /health 200 through Nginx, no ShortenerDown firing) before
+it ends, because other verify tests run after these.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import socket
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import requests
+import yaml
+
+if "MOLECULE_INVENTORY_FILE" in os.environ:
+    import testinfra.utils.ansible_runner
+
+    testinfra_hosts = testinfra.utils.ansible_runner.AnsibleRunner(os.environ["MOLECULE_INVENTORY_FILE"]).get_hosts(
+        "monitoring"
+    )
+
+ROOT = Path(__file__).resolve().parents[3]
+RULE_FILES = sorted((ROOT / "ansible/roles/prometheus/files/rules").glob("*.yml"))
+DASHBOARDS = sorted((ROOT / "ansible/roles/grafana/files/dashboards").glob("*.json"))
+SECRETS = ROOT / "ansible" / ".secrets"
+INSTANCES = (8001, 8002, 8003)
+PROMETHEUS = "http://127.0.0.1:9090"
+SINK = "http://127.0.0.1:9095"
+CONSOLE_PORT = 8080
+# The acceptance bar: a page within 2 minutes of the outage.
+PAGE_WITHIN_SECONDS = 120
+
+
+@pytest.fixture(scope="module")
+def address(host) -> str:
+    return host.ansible.get_variables()["ansible_host"]
+
+
+@pytest.fixture(scope="module")
+def hostname(host) -> str:
+    return host.ansible.get_variables()["inventory_hostname"]
+
+
+def get_json(host, url: str, **params: str) -> object:
+    args = " ".join(f"--data-urlencode {shlex.quote(f'{k}={v}')}" for k, v in params.items())
+    return json.loads(host.check_output(f"curl -sf -G {args} {shlex.quote(url)}"))
+
+
+def query(host, expr: str) -> list[dict]:
+    answer = get_json(host, f"{PROMETHEUS}/api/v1/query", query=expr)
+    assert answer["status"] == "success", answer
+    return answer["data"]["result"]
+
+
+def host_time(host) -> float:
+    return float(host.check_output("date +%s.%N"))
+
+
+def messages_since(host, since: float) -> list[dict]:
+    return get_json(host, f"{SINK}/messages", since=str(since))
+
+
+def title(message: dict) -> str:
+    return " ".join(embed.get("title", "") for embed in message["embeds"])
+
+
+def wait_for_message(host, since: float, pattern: str, timeout: float) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for message in messages_since(host, since):
+            if re.search(pattern, title(message)):
+                return message
+        time.sleep(1)
+    seen = [title(m) for m in messages_since(host, since)]
+    raise AssertionError(f"no message matching {pattern!r} within {timeout} s; got {seen}")
+
+
+def firing(host, alertname: str) -> bool:
+    return bool(query(host, f'ALERTS{{alertname="{alertname}", alertstate="firing"}}'))
+
+
+def wait_until(check, timeout: float, what: str, interval: float = 2) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(interval)
+    raise AssertionError(f"{what}: not within {timeout} s")
+
+
+def healthy(address: str) -> bool:
+    try:
+        return requests.get(f"http://{address}/health", timeout=3).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+def wait_service_healthy(host, address: str) -> None:
+    """The service answers through Nginx, the probe says so and no outage alert is firing."""
+    wait_until(lambda: healthy(address), 180, "GET /health through Nginx answers 200")
+    wait_until(
+        lambda: not firing(host, "ShortenerDown") and not firing(host, "PostgresqlDown"),
+        180,
+        "ShortenerDown and PostgresqlDown are no longer firing",
+    )
+
+
+def traffic(address: str) -> None:
+    base = f"http://{address}"
+    tag = uuid.uuid4().hex[:8]
+    user = requests.post(f"{base}/users", json={"username": f"m{tag}", "email": f"m{tag}@example.com"}, timeout=5)
+    url = requests.post(
+        f"{base}/urls", json={"original_url": f"https://example.com/{tag}", "user_id": user.json()["id"]}, timeout=5
+    )
+    code = url.json()["short_code"]
+    for _ in range(20):
+        requests.get(f"{base}/{code}", allow_redirects=False, timeout=5)
+    requests.get(f"{base}/nosuchcode{tag}", timeout=5)
+    requests.get(f"{base}/events", params={"url_id": url.json()["id"]}, timeout=5)
+
+
+# --- Prometheus: targets and rules ------------------------------------------------------------
+
+
+def test_every_target_is_up(host):
+    def all_up() -> bool:
+        targets = get_json(host, f"{PROMETHEUS}/api/v1/targets", state="active")["data"]["activeTargets"]
+        return bool(targets) and all(t["health"] == "up" for t in targets)
+
+    try:
+        wait_until(all_up, 90, "every target up")
+    finally:
+        targets = get_json(host, f"{PROMETHEUS}/api/v1/targets", state="active")["data"]["activeTargets"]
+        for target in targets:
+            labels = target["labels"]
+            print(f"{labels['job']:24} {labels['instance']:32} {target['health']} {target['lastError']}")
+    jobs = {t["labels"]["job"] for t in targets}
+    assert {"shortener", "shortener_clickworker", "node", "blackbox_http", "alertmanager"} <= jobs
+
+
+def test_every_rule_is_loaded(host):
+    expected = set()
+    for path in RULE_FILES:
+        for group in yaml.safe_load(path.read_text())["groups"]:
+            expected |= {rule.get("alert") or rule.get("record") for rule in group["rules"]}
+    groups = get_json(host, f"{PROMETHEUS}/api/v1/rules")["data"]["groups"]
+    loaded = {rule["name"]: rule for group in groups for rule in group["rules"]}
+    assert set(loaded) == expected
+    assert [name for name, rule in loaded.items() if rule["health"] == "err"] == []
+    for name, rule in loaded.items():
+        if rule["type"] == "alerting":
+            assert rule["annotations"]["runbook_url"].endswith(f"/{name}.md")
+            assert "[[" not in rule["annotations"]["runbook_url"]
+
+
+def test_every_dashboard_query_returns_data(host, address):
+    traffic(address)
+    # two scrapes of the instances after the traffic, so that rates see it
+    time.sleep(35)
+    empty = []
+    for path in DASHBOARDS:
+        dashboard = json.loads(path.read_text())
+        for panel in dashboard["panels"]:
+            for target in panel.get("targets", []):
+                expr = target["expr"].replace("$__rate_interval", "2m").replace("$instance", ".*")
+                if not query(host, expr):
+                    empty.append(f"{path.stem} / {panel['title']}: {expr}")
+    assert empty == []
+
+
+# --- Paging: the sink receives what Alertmanager sends to Discord ---------------------------
+
+
+def test_all_instances_stopped_pages_within_two_minutes(host, address):
+    wait_service_healthy(host, address)
+    units = " ".join(f"shortener@{port}.service" for port in INSTANCES)
+    stopped_at = host_time(host)
+    host.run_expect([0], f"systemctl stop {units}")
+    try:
+        page = wait_for_message(host, stopped_at, r"^\[FIRING:\d+\] ShortenerDown \(critical\)", 300)
+        paged_after = page["received_at"] - stopped_at
+        print(f"\nShortenerDown reached the sink {paged_after:.1f} s after all instances stopped: {title(page)}")
+        assert page["webhook_id"] == "critical"
+        assert "runbooks/ShortenerDown.md" in page["embeds"][0]["description"]
+    finally:
+        started_at = host_time(host)
+        host.run_expect([0], f"systemctl start {units}")
+    resolved = wait_for_message(host, started_at, r"^\[RESOLVED\] ShortenerDown", 300)
+    print(f"the resolved message followed {resolved['received_at'] - started_at:.1f} s after the start")
+    wait_service_healthy(host, address)
+    assert paged_after < PAGE_WITHIN_SECONDS
+
+
+def test_postgresql_stopped_pages_postgresql_down(host, address):
+    wait_service_healthy(host, address)
+    stopped_at = host_time(host)
+    host.run_expect([0], "systemctl stop postgresql@15-main.service")
+    try:
+        page = wait_for_message(host, stopped_at, r"^\[FIRING:\d+\] PostgresqlDown \(critical\)", 300)
+        print(f"\nPostgresqlDown reached the sink {page['received_at'] - stopped_at:.1f} s after PostgreSQL stopped")
+        others = sorted({title(m) for m in messages_since(host, stopped_at)} - {title(page)})
+        print(f"other messages meanwhile: {others}")
+    finally:
+        host.run_expect([0], "systemctl start postgresql@15-main.service")
+    wait_service_healthy(host, address)
+
+
+# --- Logs from a browser ----------------------------------------------------------------------
+
+
+def console_password() -> str:
+    path = SECRETS / "journal_gateway_password"
+    if not path.exists():
+        pytest.skip(f"{path} not found: the console's password of this inventory is in its Vault")
+    return path.read_text().strip()
+
+
+def test_logs_of_one_instance_for_the_last_10_minutes(address, hostname):
+    # a journal cursor holding only the time: microseconds, in hexadecimal
+    since = int((time.time() - 600) * 1_000_000)
+    url = f"http://{address}:{CONSOLE_PORT}/logs/{hostname}/entries"
+    params = {"_SYSTEMD_UNIT": "shortener@8001.service"}
+    assert requests.get(url, params=params, timeout=10).status_code == 401
+    response = requests.get(
+        url,
+        params=params,
+        headers={"Range": f"entries=t={since:x}", "Accept": "application/json"},
+        auth=("operator", console_password()),
+        timeout=30,
+    )
+    assert response.status_code == 200
+    entries = [json.loads(line) for line in response.text.splitlines() if line.strip()]
+    assert entries, "no journal entries of shortener@8001 in the last 10 minutes"
+    assert {entry["_SYSTEMD_UNIT"] for entry in entries} == {"shortener@8001.service"}
+    assert min(int(entry["__REALTIME_TIMESTAMP"]) for entry in entries) >= since
+    page = requests.get(f"http://{address}:{CONSOLE_PORT}/logs/", auth=("operator", console_password()), timeout=10)
+    assert page.status_code == 200 and "Range" in page.text
+
+
+def test_monitoring_ports_are_not_reachable_from_outside(address):
+    def is_open(port: int) -> bool:
+        try:
+            with socket.create_connection((address, port), timeout=2):
+                return True
+        except OSError:
+            return False
+
+    # Prometheus, Alertmanager, the sink, the exporters, the journal gateway itself
+    assert [p for p in (9090, 9093, 9095, 9100, 9113, 9115, 9121, 9127, 9187, 19531) if is_open(p)] == []
