@@ -70,6 +70,8 @@ up: venv ## deploy the whole stack to a local lab host and print where it answer
 	echo "try it:"
 	echo "  curl -s -X POST http://$(LAB_ADDR)/urls -H 'Content-Type: application/json' -d '{\"original_url\": \"https://www.debian.org/\"}'"
 	echo "  curl -si http://$(LAB_ADDR)/<short_code>   # 302 to the original URL"
+	echo "logs in a browser: http://$(LAB_ADDR):8080/logs/  (user operator, password in ansible/.secrets/journal_gateway_password)"
+	echo "pages sent to the lab's Discord sink: python3 lab/lab.py ssh lab-aio curl -s 127.0.0.1:9095/messages"
 	echo "shell on the host: python3 lab/lab.py shell lab-aio;  remove it: make down"
 
 down: ## remove the lab host(s), the bridge and the NAT rule
