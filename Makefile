@@ -19,7 +19,7 @@ LAB_HOST    := lab-aio=10.213.0.10
 LAB_ADDR    := 10.213.0.10
 export ANSIBLE_CONFIG := $(ROOT)/ansible/ansible.cfg
 
-.PHONY: help deps venv lint test test-service test-molecule test-cluster up down dev seed clean
+.PHONY: help deps venv lint test test-service test-molecule test-cluster up down dev seed clean loadtest bench
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -76,6 +76,14 @@ up: venv ## deploy the whole stack to a local lab host and print where it answer
 
 down: ## remove the lab host(s), the bridge and the NAT rule
 	$(LAB) down
+
+loadtest: venv ## Locust ladder (50 .. 5000 users) against the lab host: CSV, markdown table, charts (LOADTEST_ARGS=...)
+	$(PY) -m pip install -q -r $(ROOT)/loadtests/requirements.txt
+	$(PY) $(ROOT)/loadtests/run.py --target http://$(LAB_ADDR) $(LOADTEST_ARGS)
+
+bench: venv ## wrk: hot/cold redirect, link creation vs static-302 and bare-WSGI references; click count check (BENCH_ARGS=...)
+	command -v wrk >/dev/null || { apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends wrk >/dev/null; }
+	$(PY) $(ROOT)/loadtests/bench.py --target http://$(LAB_ADDR) $(BENCH_ARGS)
 
 dev: venv ## run the service locally (Flask dev server) against private PostgreSQL and Redis
 	eval "$$($(PY) -m tests.services up)"

@@ -73,6 +73,10 @@ def create_app(settings: Settings | None = None) -> Flask:
         app.register_blueprint(blueprint)
     errors.register(app)
     _instrument(app)
+    # Cached redirects skip Flask altogether (app/fastpath.py); everything else passes through.
+    from app.fastpath import FastRedirect
+
+    app.wsgi_app = FastRedirect(app, app.wsgi_app)  # type: ignore[method-assign]
     return app
 
 

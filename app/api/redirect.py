@@ -11,6 +11,7 @@ from flask import Blueprint, Response, request
 from app import clicks, metrics, services, sql
 from app.cache import NEGATIVE, TOMBSTONE, CachedLink, Unavailable
 from app.errors import ApiError
+from app.fastpath import CACHED_KEY
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,11 @@ def follow(short_code: str) -> Response:
 
     cached: str | None = None
     cache_up = False
-    if cache.enabled:
+    if counted and CACHED_KEY in request.environ:
+        # app/fastpath.py already asked Redis (a miss, negative or tombstoned entry).
+        cached = request.environ[CACHED_KEY]
+        cache_up = True
+    elif cache.enabled:
         try:
             cached = cache.lookup_and_click(short_code, click) if click is not None else cache.peek(short_code)
             cache_up = True
