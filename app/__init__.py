@@ -3,22 +3,16 @@
 from __future__ import annotations
 
 import logging
-import re
 import time
-import uuid
 from dataclasses import dataclass
 
 from flask import Flask, Response, current_app, g, request
 
-from app import errors, metrics
+from app import errors, logs, metrics
 from app.cache import Cache, CircuitBreaker
 from app.config import Settings, get_settings
 from app.db import Database
 from app.logs import configure_logging
-
-log = logging.getLogger("shortener.access")
-
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
 @dataclass
@@ -84,26 +78,20 @@ def _instrument(app: Flask) -> None:
     @app.before_request
     def _start() -> None:
         g.started = time.perf_counter()
-        incoming = request.headers.get("X-Request-ID", "")
-        g.request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        g.request_id = logs.request_id(request.headers.get("X-Request-ID", ""))
 
     @app.after_request
     def _finish(response: Response) -> Response:
         elapsed = time.perf_counter() - g.get("started", time.perf_counter())
         endpoint = request.url_rule.rule if request.url_rule is not None else "unmatched"
-        status = str(response.status_code)
-        metrics.HTTP_REQUESTS.labels(request.method, endpoint, status).inc()
-        metrics.HTTP_DURATION.labels(request.method, endpoint, status).observe(elapsed)
+        metrics.observe_request(request.method, endpoint, response.status_code, elapsed)
         response.headers["X-Request-ID"] = g.get("request_id", "")
-        log.info(
-            "request",
-            extra={
-                "request_id": g.get("request_id"),
-                "method": request.method,
-                "path": request.path,
-                "status": response.status_code,
-                "duration_ms": round(elapsed * 1000, 2),
-                "remote_addr": request.headers.get("X-Real-IP", request.remote_addr),
-            },
+        logs.access_line(
+            g.get("request_id", ""),
+            request.method,
+            request.path,
+            response.status_code,
+            elapsed,
+            request.headers.get("X-Real-IP", request.remote_addr),
         )
         return response

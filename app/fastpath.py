@@ -13,10 +13,8 @@ click) without a second look-up.
 
 from __future__ import annotations
 
-import logging
 import re
 import time
-import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -24,13 +22,10 @@ from flask import Flask
 from werkzeug.http import HTTP_STATUS_CODES
 from werkzeug.urls import iri_to_uri
 
-from app import clicks, metrics
+from app import clicks, logs, metrics
 from app.cache import NEGATIVE, TOMBSTONE, CachedLink, Unavailable
 
-log = logging.getLogger("shortener.access")
-
 _PATH = re.compile(r"^/([A-Za-z0-9_-]{1,64})$")
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _ENDPOINT = "/<short_code>"
 # The environ key that hands a cache answer (a miss, "-" or "!") on to app/api/redirect.py.
 CACHED_KEY = "shortener.cached"  # the route label Flask's instrumentation gives redirects
@@ -73,8 +68,7 @@ class FastRedirect:
         metrics.CACHE_REQUESTS.labels("hit").inc()
         metrics.CLICKS_QUEUED.inc()
 
-        incoming = environ.get("HTTP_X_REQUEST_ID", "")
-        request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        request_id = logs.request_id(environ.get("HTTP_X_REQUEST_ID", ""))
         location = link.original_url if link.original_url.isascii() else iri_to_uri(link.original_url)
         status = link.status
         # The status line as Werkzeug writes it ("302 FOUND"), so both paths answer alike.
@@ -89,18 +83,13 @@ class FastRedirect:
             ],
         )
         elapsed = time.perf_counter() - started
-        status_label = str(status)
-        metrics.HTTP_REQUESTS.labels("GET", _ENDPOINT, status_label).inc()
-        metrics.HTTP_DURATION.labels("GET", _ENDPOINT, status_label).observe(elapsed)
-        log.info(
-            "request",
-            extra={
-                "request_id": request_id,
-                "method": "GET",
-                "path": environ.get("PATH_INFO"),
-                "status": status,
-                "duration_ms": round(elapsed * 1000, 2),
-                "remote_addr": environ.get("HTTP_X_REAL_IP", environ.get("REMOTE_ADDR")),
-            },
+        metrics.observe_request("GET", _ENDPOINT, status, elapsed)
+        logs.access_line(
+            request_id,
+            "GET",
+            environ.get("PATH_INFO", ""),
+            status,
+            elapsed,
+            environ.get("HTTP_X_REAL_IP", environ.get("REMOTE_ADDR")),
         )
         return [b""]

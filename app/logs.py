@@ -3,11 +3,35 @@
 from __future__ import annotations
 
 import logging
+import re
 import sys
+import uuid
 
 from pythonjsonlogger.json import JsonFormatter
 
 _FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_access = logging.getLogger("shortener.access")
+
+
+def request_id(incoming: str) -> str:
+    """The client's X-Request-ID when it is a sane token, else a new one."""
+    return incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+
+
+def access_line(request_id: str, method: str, path: str, status: int, elapsed: float, remote_addr: str | None) -> None:
+    """The one JSON line per request, written by Flask and by the fast path alike."""
+    _access.info(
+        "request",
+        extra={
+            "request_id": request_id,
+            "method": method,
+            "path": path,
+            "status": status,
+            "duration_ms": round(elapsed * 1000, 2),
+            "remote_addr": remote_addr,
+        },
+    )
 
 
 def configure_logging(level: str = "INFO") -> None:

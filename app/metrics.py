@@ -79,6 +79,12 @@ DEPENDENCY_UP = Gauge(
 )
 
 
+def observe_request(method: str, endpoint: str, status: int, elapsed: float) -> None:
+    label = str(status)
+    HTTP_REQUESTS.labels(method, endpoint, label).inc()
+    HTTP_DURATION.labels(method, endpoint, label).observe(elapsed)
+
+
 def worker_started(pool_max: int, cache_enabled: bool) -> None:
     DB_POOL_MAX.set(pool_max)
     DEPENDENCY_UP.labels("cache").set(1 if cache_enabled else 0)
