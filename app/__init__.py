@@ -28,7 +28,7 @@ def services() -> Services:
 
 def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or get_settings()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.access_log)
 
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_content_length

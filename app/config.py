@@ -7,6 +7,7 @@ them with what they do. Gunicorn's config file reads the same object.
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -40,6 +41,10 @@ class Settings(BaseSettings):
     per_page_max: int = Field(1000, ge=1)
     max_content_length: int = Field(5 * 1024 * 1024, ge=1024)
     log_level: str = "INFO"
+    # Which requests get the app's own JSON access line. Behind Nginx, whose JSON access log
+    # already has every request with the same request id, "errors" saves the cost of a line
+    # per redirect (docs/capacity.md gives the figure).
+    access_log: Literal["all", "errors", "off"] = "all"
     migrate_on_start: bool = True
 
     # Gunicorn (app/gunicorn_conf.py).

@@ -12,6 +12,9 @@ from pythonjsonlogger.json import JsonFormatter
 _FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _access = logging.getLogger("shortener.access")
+# The lowest status that gets an access line (SHORTENER_ACCESS_LOG): all, errors (5xx), off.
+_ACCESS_FROM_STATUS = {"all": 0, "errors": 500, "off": 1000}
+_access_from_status = 0
 
 
 def request_id(incoming: str) -> str:
@@ -21,6 +24,8 @@ def request_id(incoming: str) -> str:
 
 def access_line(request_id: str, method: str, path: str, status: int, elapsed: float, remote_addr: str | None) -> None:
     """The one JSON line per request, written by Flask and by the fast path alike."""
+    if status < _access_from_status:
+        return
     _access.info(
         "request",
         extra={
@@ -34,7 +39,9 @@ def access_line(request_id: str, method: str, path: str, status: int, elapsed: f
     )
 
 
-def configure_logging(level: str = "INFO") -> None:
+def configure_logging(level: str = "INFO", access_log: str = "all") -> None:
+    global _access_from_status
+    _access_from_status = _ACCESS_FROM_STATUS[access_log]
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
         JsonFormatter(

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from pydantic import ValidationError
 
-from app import clicks
+from app import clicks, logs
 from app.cache import CachedLink, CircuitBreaker
 from app.config import Settings
 from app.schemas import EventIn, UrlIn, UserIn, event_out, timestamp
@@ -133,3 +135,26 @@ def test_settings_read_the_environment(monkeypatch):
     monkeypatch.setenv("SHORTENER_LIST_DEFAULT_LIMIT", "10")
     with pytest.raises(ValidationError):
         Settings()
+
+
+@pytest.mark.parametrize(
+    ("setting", "logged"), [("all", ["ok", "missing", "broken"]), ("errors", ["broken"]), ("off", [])]
+)
+def test_access_log_setting_decides_which_requests_get_a_line(capsys, setting, logged):
+    logs.configure_logging("INFO", setting)
+    try:
+        for request_id, status in (("ok", 302), ("missing", 404), ("broken", 503)):
+            logs.access_line(request_id, "GET", "/x", status, 0.001, "10.0.0.1")
+        lines = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.strip()]
+    finally:
+        logs.configure_logging("WARNING", "all")
+    assert [line["request_id"] for line in lines] == logged
+    assert all(line["logger"] == "shortener.access" for line in lines)
+
+
+def test_access_log_setting_rejects_other_values(monkeypatch):
+    monkeypatch.setenv("SHORTENER_ACCESS_LOG", "some")
+    with pytest.raises(ValidationError):
+        Settings()
+    monkeypatch.setenv("SHORTENER_ACCESS_LOG", "errors")
+    assert Settings().access_log == "errors"

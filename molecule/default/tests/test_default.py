@@ -79,6 +79,9 @@ def test_health_through_nginx(base):
     assert response.status_code == 200
     assert response.json()["database"] == "ok" and response.json()["cache"] == "ok"
     assert response.headers.get("X-Request-ID")
+    # A client's id comes back once (Nginx hides the instance's copy; requests joins repeats with ", ").
+    given = requests.get(f"{base}/health", headers={"X-Request-ID": "verify-7"}, timeout=5)
+    assert given.headers["X-Request-ID"] == "verify-7"
 
 
 def test_shorten_follow_and_count_through_nginx(base):

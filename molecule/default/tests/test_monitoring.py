@@ -7,8 +7,13 @@ hand, against any lab host converged with site.yml and monitoring.yml:
     pytest -v -s molecule/default/tests/test_monitoring.py \
         --hosts=ansible://h6-t --ansible-inventory=/tmp/h6/inventory
 
+The same module verifies one all-in-one host (scenario default) and the five-host cluster
+(scenario cluster links it): the app, db and lb hosts are looked up by group in the
+inventory, so the instances stopped are those of every app host, PostgreSQL is stopped on
+the db host, and the logs are read through the lb host's console.
+
 The paging tests stop every app instance, then PostgreSQL, and put them back; each one
-leaves the host healthy (GET /health 200 through Nginx, no ShortenerDown firing) before
+leaves the service healthy (GET /health 200 through Nginx, no ShortenerDown firing) before
 it ends, because other verify tests run after these.
 """
 
@@ -46,14 +51,28 @@ CONSOLE_PORT = 8080
 PAGE_WITHIN_SECONDS = 120
 
 
+def hosts_in(host, group: str) -> list:
+    """The testinfra hosts of an inventory group, reached the way `host` is."""
+    runner = host.backend.ansible_runner
+    return [runner.get_host(name) for name in runner.get_hosts(group)]
+
+
+def run_on_group(host, group: str, command: str) -> None:
+    members = hosts_in(host, group)
+    assert members, f"no host in group {group}"
+    for member in members:
+        member.run_expect([0], command)
+
+
 @pytest.fixture(scope="module")
 def address(host) -> str:
-    return host.ansible.get_variables()["ansible_host"]
+    """Where users reach the service: the (first) load balancer."""
+    return hosts_in(host, "lb")[0].ansible.get_variables()["ansible_host"]
 
 
 @pytest.fixture(scope="module")
-def hostname(host) -> str:
-    return host.ansible.get_variables()["inventory_hostname"]
+def app_hostname(host) -> str:
+    return hosts_in(host, "app")[0].ansible.get_variables()["inventory_hostname"]
 
 
 def get_json(host, url: str, **params: str) -> object:
@@ -151,6 +170,10 @@ def test_every_target_is_up(host):
             print(f"{labels['job']:24} {labels['instance']:32} {target['health']} {target['lastError']}")
     jobs = {t["labels"]["job"] for t in targets}
     assert {"shortener", "shortener_clickworker", "node", "blackbox_http", "alertmanager"} <= jobs
+    # each instance scraped directly, on every app host, and every host's node exporter
+    app_hosts = hosts_in(host, "app")
+    assert sum(t["labels"]["job"] == "shortener" for t in targets) == len(INSTANCES) * len(app_hosts)
+    assert sum(t["labels"]["job"] == "node" for t in targets) == len(hosts_in(host, "all"))
 
 
 def test_every_rule_is_loaded(host):
@@ -190,7 +213,7 @@ def test_all_instances_stopped_pages_within_two_minutes(host, address):
     wait_service_healthy(host, address)
     units = " ".join(f"shortener@{port}.service" for port in INSTANCES)
     stopped_at = host_time(host)
-    host.run_expect([0], f"systemctl stop {units}")
+    run_on_group(host, "app", f"systemctl stop {units}")
     try:
         page = wait_for_message(host, stopped_at, r"^\[FIRING:\d+\] ShortenerDown \(critical\)", 300)
         paged_after = page["received_at"] - stopped_at
@@ -199,7 +222,7 @@ def test_all_instances_stopped_pages_within_two_minutes(host, address):
         assert "runbooks/ShortenerDown.md" in page["embeds"][0]["description"]
     finally:
         started_at = host_time(host)
-        host.run_expect([0], f"systemctl start {units}")
+        run_on_group(host, "app", f"systemctl start {units}")
     resolved = wait_for_message(host, started_at, r"^\[RESOLVED\] ShortenerDown", 300)
     print(f"the resolved message followed {resolved['received_at'] - started_at:.1f} s after the start")
     wait_service_healthy(host, address)
@@ -209,14 +232,14 @@ def test_all_instances_stopped_pages_within_two_minutes(host, address):
 def test_postgresql_stopped_pages_postgresql_down(host, address):
     wait_service_healthy(host, address)
     stopped_at = host_time(host)
-    host.run_expect([0], "systemctl stop postgresql@15-main.service")
+    run_on_group(host, "db", "systemctl stop postgresql@15-main.service")
     try:
         page = wait_for_message(host, stopped_at, r"^\[FIRING:\d+\] PostgresqlDown \(critical\)", 300)
         print(f"\nPostgresqlDown reached the sink {page['received_at'] - stopped_at:.1f} s after PostgreSQL stopped")
         others = sorted({title(m) for m in messages_since(host, stopped_at)} - {title(page)})
         print(f"other messages meanwhile: {others}")
     finally:
-        host.run_expect([0], "systemctl start postgresql@15-main.service")
+        run_on_group(host, "db", "systemctl start postgresql@15-main.service")
     wait_service_healthy(host, address)
 
 
@@ -230,10 +253,10 @@ def console_password() -> str:
     return path.read_text().strip()
 
 
-def test_logs_of_one_instance_for_the_last_10_minutes(address, hostname):
+def test_logs_of_one_instance_for_the_last_10_minutes(address, app_hostname):
     # a journal cursor holding only the time: microseconds, in hexadecimal
     since = int((time.time() - 600) * 1_000_000)
-    url = f"http://{address}:{CONSOLE_PORT}/logs/{hostname}/entries"
+    url = f"http://{address}:{CONSOLE_PORT}/logs/{app_hostname}/entries"
     params = {"_SYSTEMD_UNIT": "shortener@8001.service"}
     assert requests.get(url, params=params, timeout=10).status_code == 401
     response = requests.get(
@@ -252,13 +275,15 @@ def test_logs_of_one_instance_for_the_last_10_minutes(address, hostname):
     assert page.status_code == 200 and "Range" in page.text
 
 
-def test_monitoring_ports_are_not_reachable_from_outside(address):
-    def is_open(port: int) -> bool:
+def test_monitoring_ports_are_not_reachable_from_outside(host):
+    def is_open(address: str, port: int) -> bool:
         try:
             with socket.create_connection((address, port), timeout=2):
                 return True
         except OSError:
             return False
 
-    # Prometheus, Alertmanager, the sink, the exporters, the journal gateway itself
-    assert [p for p in (9090, 9093, 9095, 9100, 9113, 9115, 9121, 9127, 9187, 19531) if is_open(p)] == []
+    # Prometheus, Alertmanager, the sink, the exporters, the journal gateway itself, on every host
+    ports = (9090, 9093, 9095, 9100, 9101, 9113, 9115, 9121, 9127, 9187, 19531)
+    addresses = [member.ansible.get_variables()["ansible_host"] for member in hosts_in(host, "all")]
+    assert [(a, p) for a in addresses for p in ports if is_open(a, p)] == []
