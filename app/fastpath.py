@@ -65,7 +65,7 @@ class FastRedirect:
             environ[CACHED_KEY] = cached
             return self.inner(environ, start_response)
         link = CachedLink.decode(cached)
-        metrics.CACHE_REQUESTS.labels("hit").inc()
+        metrics.cache_requests("hit").inc()
         metrics.CLICKS_QUEUED.inc()
 
         request_id = logs.request_id(environ.get("HTTP_X_REQUEST_ID", ""))

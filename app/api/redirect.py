@@ -48,17 +48,17 @@ def follow(short_code: str) -> Response:
             cached = cache.lookup_and_click(short_code, click) if click is not None else cache.peek(short_code)
             cache_up = True
         except Unavailable:
-            metrics.CACHE_REQUESTS.labels("bypass").inc()
+            metrics.cache_requests("bypass").inc()
     if cached == NEGATIVE:
-        metrics.CACHE_REQUESTS.labels("negative_hit").inc()
+        metrics.cache_requests("negative_hit").inc()
         raise ApiError(404, "Short link not found")
     if cached and cached != TOMBSTONE:
-        metrics.CACHE_REQUESTS.labels("hit").inc()
+        metrics.cache_requests("hit").inc()
         if click is not None:
             metrics.CLICKS_QUEUED.inc()
         return _redirect(CachedLink.decode(cached))
     if cache_up:
-        metrics.CACHE_REQUESTS.labels("miss").inc()
+        metrics.cache_requests("miss").inc()
 
     row = svc.db.fetch_one(sql.RESOLVE_CODE, (short_code,))
     link = None
