@@ -120,7 +120,10 @@ SELECT (SELECT u.id FROM urls u WHERE u.id = c.url_id),
        'click', c.ts, c.details, c.click_id
 FROM jsonb_to_recordset(%s::jsonb)
      AS c(click_id text, url_id bigint, user_id bigint, ts timestamp, details jsonb)
-ORDER BY c.ts
+-- A total order: the worker and GET /events write overlapping batches at once, and each row
+-- waits on the unique index for any other writer of the same click_id. Same order in every
+-- writer, no deadlock (by ts alone, rows of one second came in any order and deadlocked).
+ORDER BY c.ts, c.click_id
 ON CONFLICT (click_id) DO NOTHING
 """
 

@@ -160,3 +160,43 @@ def test_a_click_the_database_refuses_does_not_block_the_queue(client, make_url,
     assert click_count(sql) == 3
     assert redis.xlen(settings.click_stream) == 0
     assert clickworker.FAILURES.labels("refused")._value.get() >= 1
+
+
+def test_concurrent_writers_of_overlapping_clicks_never_deadlock(make_url, clean, sql):
+    """The worker and every GET /events write the same queued clicks at once, in batches that
+    overlap. Rows of one second share their timestamp, so only a total order (timestamp, then
+    click id) makes every writer take the unique index's row locks in the same order; ordering
+    by time alone deadlocked under the 5,000-user load test."""
+    import random
+
+    from app import clicks
+
+    url = make_url()
+    settings = make_settings(clean)
+    rows = [
+        clicks.row_from_fields({"c": f"{i:04x}-{random.random()}", "t": "2026-11-28T04:31:16", "u": str(url["id"])})
+        for i in range(400)
+    ]
+    errors: list[BaseException] = []
+    written: list[int] = []
+
+    def writer(seed: int) -> None:
+        db = Database(settings.database_url, 1, 5, 2)
+        rng = random.Random(seed)
+        try:
+            for _ in range(8):
+                batch = rng.sample(rows, 300)
+                written.append(clicks.write_rows(db, batch))
+        except BaseException as error:  # any failure of a writer fails the test
+            errors.append(error)
+        finally:
+            db.close()
+
+    threads = [threading.Thread(target=writer, args=(seed,)) for seed in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert sum(written) == len(rows)
+    assert sql("SELECT count(*), count(DISTINCT click_id) FROM events WHERE event_type = 'click'")[0] == (400, 400)

@@ -129,6 +129,26 @@ def test_load_balancer_uses_all_three_instances(host, base):
     assert sum(served.values()) >= 60
 
 
+def test_a_database_outage_does_not_take_the_instances_out_of_nginx(host, base):
+    """The instances' 503s (PostgreSQL unavailable) reach the client as they are; Nginx must not
+    count them against the instances, or it soon has none left and answers 502 to everything,
+    redirects that Redis alone could serve included."""
+    code = requests.post(f"{base}/urls", json={"original_url": "https://example.com/pgdown"}, timeout=5).json()[
+        "short_code"
+    ]
+    assert requests.get(f"{base}/{code}", allow_redirects=False, timeout=5).status_code == 302  # now cached
+    host.run_expect([0], "systemctl stop pgbouncer")
+    try:
+        needs_db = [requests.get(f"{base}/users", timeout=10) for _ in range(6)]
+        redirects = [requests.get(f"{base}/{code}", allow_redirects=False, timeout=5).status_code for _ in range(30)]
+    finally:
+        host.run_expect([0], "systemctl start pgbouncer")
+    assert {r.status_code for r in needs_db} == {503}
+    assert all("error" in r.json() for r in needs_db)
+    assert set(redirects) == {302}, {s: redirects.count(s) for s in set(redirects)}
+    wait_healthy(base)
+
+
 def _main_pid(host, unit: str) -> int:
     return int(host.check_output(f"systemctl show -p MainPID --value {unit}"))
 
