@@ -3,27 +3,23 @@ tests share: load the seed, read machine facts."""
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import os
 import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
-LAB_KEY = os.environ.get("SHORTENER_LAB_KEY", "/var/lib/shortener-lab/id_ed25519")
-SSH_OPTS = [
-    "-i",
-    LAB_KEY,
-    "-o",
-    "StrictHostKeyChecking=no",
-    "-o",
-    "UserKnownHostsFile=/dev/null",
-    "-o",
-    "LogLevel=ERROR",
-    "-o",
-    "BatchMode=yes",
-    "-o",
-    "ConnectTimeout=10",
-]
+# The lab tool's own SSH options, so both reach the hosts alike.
+_spec = importlib.util.spec_from_file_location("shortener_lab", Path(__file__).resolve().parents[1] / "lab" / "lab.py")
+assert _spec and _spec.loader
+_lab = importlib.util.module_from_spec(_spec)
+sys.modules.setdefault("shortener_lab", _lab)
+_spec.loader.exec_module(_lab)
+
+LAB_KEY = os.environ.get("SHORTENER_LAB_KEY", f"{_lab.DEFAULT_STATE_DIR}/id_ed25519")
+SSH_OPTS = ["-i", LAB_KEY, *_lab.SSH_OPTIONS, "-o", "ConnectTimeout=10"]
 # Where the shortener role puts the service (ansible/roles/shortener/defaults/main.yml).
 APP_SRC = "/opt/shortener/src"
 APP_VENV = "/opt/shortener/venv"

@@ -14,14 +14,13 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import psycopg2
 import pytest
 import redis as redis_lib
 import requests
 
-from tests.http_helpers import Process, run_gunicorn, start_clickworker, wait_metrics
+from tests.http_helpers import Process, run_gunicorn, start_clickworker, wait_for, wait_metrics
 from tests.services import Services
 
 pytestmark = pytest.mark.slow
@@ -81,17 +80,6 @@ class Burst:
     def served_total(self) -> int:
         with self._lock:
             return sum(self.served.values())
-
-
-def _wait_for(what: str, check: Callable[[], Any], timeout: float, interval: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
 
 
 @pytest.fixture(scope="module")
@@ -239,7 +227,7 @@ def test_no_click_is_lost_when_the_worker_is_killed_mid_burst(
     burst = Burst(server.base_url, codes, total=3000).start()
 
     # Some batches are in PostgreSQL, the burst goes on: now kill the worker in the middle of one.
-    _wait_for("the worker to write some batches", lambda: _clicks(clean)[0] >= 200, timeout=60)
+    wait_for("the worker to write some batches", lambda: _clicks(clean)[0] >= 200, timeout=60)
     assert burst.running(), "the burst ended before the worker could be killed"
     held = _kill_mid_batch(first, rds)
     assert held > 0
@@ -252,7 +240,7 @@ def test_no_click_is_lost_when_the_worker_is_killed_mid_burst(
     assert burst.errors == []
     assert set(burst.statuses) == {302}
 
-    _wait_for("the stream to be written out", lambda: _drained(rds), timeout=60, interval=0.2)
+    wait_for("the stream to be written out", lambda: _drained(rds), timeout=60, interval=0.2)
     _assert_every_click_stored(clean, burst, warmed, codes)
     assert second.alive()
     assert '"level": "ERROR"' not in second.log_text()
@@ -288,7 +276,7 @@ def test_listing_events_right_after_a_burst_sees_every_click(
     # The queued entries stay for the worker; writing them again adds nothing.
     assert rds.xlen(STREAM) == 600
     workers()
-    _wait_for("the stream to be written out", lambda: _drained(rds), timeout=60, interval=0.2)
+    wait_for("the stream to be written out", lambda: _drained(rds), timeout=60, interval=0.2)
     assert _clicks(clean) == (600, 600, 600)
 
 
@@ -309,7 +297,7 @@ def test_no_click_is_lost_when_postgresql_is_down_mid_burst(
     warmed = _warm(own_server, codes)
     burst = Burst(own_server.base_url, codes, total=4000).start()
 
-    _wait_for("the worker to write some batches", lambda: _clicks(clean)[0] >= 200, timeout=60)
+    wait_for("the worker to write some batches", lambda: _clicks(clean)[0] >= 200, timeout=60)
     assert burst.running()
     stop, start = (
         (clean.stop_postgres, clean.start_postgres)
@@ -334,7 +322,7 @@ def test_no_click_is_lost_when_postgresql_is_down_mid_burst(
     burst.join()
     assert burst.errors == []
     assert set(burst.statuses) == {302}
-    _wait_for("the stream to be written out", lambda: _drained(rds), timeout=90, interval=0.2)
+    wait_for("the stream to be written out", lambda: _drained(rds), timeout=90, interval=0.2)
     _assert_every_click_stored(clean, burst, warmed, codes)
     assert worker.alive()
     if down == "postgres":

@@ -11,7 +11,7 @@ import re
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -29,22 +29,12 @@ from tests.http_helpers import (
     free_port,
     run_gunicorn,
     start_gunicorn,
+    wait_for,
     wait_healthy,
 )
 from tests.services import Services
 
 HEX_ID = re.compile(r"^[0-9a-f]{32}$")
-
-
-def _wait_for(what: str, check: Callable[[], Any], timeout: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
 
 
 def _problems_in_log(text: str) -> list[str]:
@@ -226,7 +216,7 @@ def test_request_id_is_echoed_or_made_and_logged_as_json(server: Process, clean:
     assert HEX_ID.match(forged.headers["X-Request-ID"])
     assert requests.get(f"{server.base_url}/health", timeout=10).headers["X-Request-ID"] != made_id
 
-    given_log = _wait_for("the log line of the request", lambda: _records_with(server, given))
+    given_log = wait_for("the log line of the request", lambda: _records_with(server, given))
     assert len(given_log) == 1
     record = given_log[0]
     assert record["method"] == "GET"
@@ -237,11 +227,11 @@ def test_request_id_is_echoed_or_made_and_logged_as_json(server: Process, clean:
     assert record["level"] == "INFO"
     assert re.match(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d", record["timestamp"])
 
-    made_log = _wait_for("the log line of the 404", lambda: _records_with(server, made_id))
+    made_log = wait_for("the log line of the 404", lambda: _records_with(server, made_id))
     assert made_log[0]["status"] == 404
     assert made_log[0]["path"] == "/users/999999"
 
-    forged_log = _wait_for("the forged request's line", lambda: _records_with(server, forged.headers["X-Request-ID"]))
+    forged_log = wait_for("the forged request's line", lambda: _records_with(server, forged.headers["X-Request-ID"]))
     assert forged_log[0]["path"] == "/health"
 
     # Every line the app writes is one JSON object; only Gunicorn's own start-up lines are not.
@@ -287,9 +277,9 @@ def test_sigterm_lets_the_in_flight_request_finish(stack: Services, clean: Servi
                 row = cur.fetchone()
             return bool(row and row[0] >= 1)
 
-        _wait_for("the POST to wait on the lock", waiting_on_lock, timeout=3)
+        wait_for("the POST to wait on the lock", waiting_on_lock, timeout=3)
         instance.signal(signal.SIGTERM)
-        _wait_for("the master to take the signal", lambda: "Handling signal: term" in instance.log_text(), 2)
+        wait_for("the master to take the signal", lambda: "Handling signal: term" in instance.log_text(), 2)
         time.sleep(0.5)
         # Shutting down, but waiting for the request that is still in flight.
         assert client.is_alive()
