@@ -106,7 +106,9 @@ def test_shorten_follow_and_count_through_the_load_balancer(base):
 
 
 def _health_requests(host, port: int) -> float:
-    text = host.check_output(f"curl -sf http://127.0.0.1:{port}/metrics")
+    # On an app host of the cluster the instances listen on the host's address, not loopback.
+    address = address_of(host.backend.get_hostname())
+    text = host.check_output(f"curl -sf http://{address}:{port}/metrics")
     return sum(
         float(line.rsplit(" ", 1)[1])
         for line in text.splitlines()

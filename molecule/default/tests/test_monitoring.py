@@ -30,6 +30,7 @@ from pathlib import Path
 
 import pytest
 import requests
+import testinfra
 import yaml
 
 if "MOLECULE_INVENTORY_FILE" in os.environ:
@@ -52,9 +53,17 @@ PAGE_WITHIN_SECONDS = 120
 
 
 def hosts_in(host, group: str) -> list:
-    """The testinfra hosts of an inventory group, reached the way `host` is."""
-    runner = host.backend.ansible_runner
-    return [runner.get_host(name) for name in runner.get_hosts(group)]
+    """The testinfra hosts of an inventory group, reached through Ansible like `host`."""
+    inventory = host.backend.ansible_inventory
+    return [testinfra.get_host(f"ansible://{name}", ansible_inventory=inventory) for name in names_in(host, group)]
+
+
+def names_in(host, group: str) -> list[str]:
+    return host.backend.ansible_runner.get_hosts(group)
+
+
+def address_of(host, name: str) -> str:
+    return host.backend.ansible_runner.get_variables(name)["ansible_host"]
 
 
 def run_on_group(host, group: str, command: str) -> None:
@@ -67,12 +76,12 @@ def run_on_group(host, group: str, command: str) -> None:
 @pytest.fixture(scope="module")
 def address(host) -> str:
     """Where users reach the service: the (first) load balancer."""
-    return hosts_in(host, "lb")[0].ansible.get_variables()["ansible_host"]
+    return address_of(host, names_in(host, "lb")[0])
 
 
 @pytest.fixture(scope="module")
 def app_hostname(host) -> str:
-    return hosts_in(host, "app")[0].ansible.get_variables()["inventory_hostname"]
+    return names_in(host, "app")[0]
 
 
 def get_json(host, url: str, **params: str) -> object:
@@ -171,9 +180,8 @@ def test_every_target_is_up(host):
     jobs = {t["labels"]["job"] for t in targets}
     assert {"shortener", "shortener_clickworker", "node", "blackbox_http", "alertmanager"} <= jobs
     # each instance scraped directly, on every app host, and every host's node exporter
-    app_hosts = hosts_in(host, "app")
-    assert sum(t["labels"]["job"] == "shortener" for t in targets) == len(INSTANCES) * len(app_hosts)
-    assert sum(t["labels"]["job"] == "node" for t in targets) == len(hosts_in(host, "all"))
+    assert sum(t["labels"]["job"] == "shortener" for t in targets) == len(INSTANCES) * len(names_in(host, "app"))
+    assert sum(t["labels"]["job"] == "node" for t in targets) == len(names_in(host, "all"))
 
 
 def test_every_rule_is_loaded(host):
@@ -285,5 +293,5 @@ def test_monitoring_ports_are_not_reachable_from_outside(host):
 
     # Prometheus, Alertmanager, the sink, the exporters, the journal gateway itself, on every host
     ports = (9090, 9093, 9095, 9100, 9101, 9113, 9115, 9121, 9127, 9187, 19531)
-    addresses = [member.ansible.get_variables()["ansible_host"] for member in hosts_in(host, "all")]
+    addresses = [address_of(host, name) for name in names_in(host, "all")]
     assert [(a, p) for a in addresses for p in ports if is_open(a, p)] == []
