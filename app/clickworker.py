@@ -14,6 +14,7 @@ nothing is counted twice:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -143,13 +144,14 @@ class ClickWorker:
         entries = reply[0][1] if reply else []
         return self._write(entries)
 
-    def update_gauges(self) -> None:
+    def update_gauges(self, written: bool = True) -> None:
         BACKLOG.set(self.redis.xlen(self.stream))
         try:
             PENDING.set(self.redis.xpending(self.stream, GROUP)["pending"])
         except ResponseError:
             PENDING.set(0)
-        LAST_SUCCESS.set(time.time())
+        if written:
+            LAST_SUCCESS.set(time.time())
 
     def run(self) -> None:
         delay = 0.5
@@ -170,6 +172,9 @@ class ClickWorker:
             except DatabaseUnavailable as exc:
                 FAILURES.labels("database").inc()
                 log.warning("database unavailable, clicks wait in Redis", extra={"error": str(exc)})
+                # The backlog is what the on-call watches during a database outage: keep it true.
+                with contextlib.suppress(RedisError):
+                    self.update_gauges(written=False)
                 recovered = False
                 self.stopping.wait(delay)
                 delay = min(delay * 2, 10.0)

@@ -91,11 +91,11 @@ def wait_message(host: str, since: float, pattern: str, timeout: float) -> dict:
     raise SystemExit(f"no message matching {pattern!r} within {timeout} s; got {titles(messages(host, since))}")
 
 
-def logs(base: str, name: str, unit: str, minutes: int, password: str, grep: str = "") -> list[str]:
+def logs(base: str, name: str, match: dict[str, str], minutes: int, password: str, grep: str = "") -> list[str]:
     since = int((time.time() - minutes * 60) * 1_000_000)
     response = requests.get(
         f"{base}:8080/logs/{name}/entries",
-        params={"_SYSTEMD_UNIT": unit},
+        params=match,
         headers={"Range": f"entries=t={since:x}", "Accept": "application/json"},
         auth=("operator", password),
         timeout=30,
@@ -161,9 +161,16 @@ def main() -> int:
         print("\n2-4. the dashboards' panels")
         show_panels(args.host)
         print("\n5. logs through the console (http://HOST:8080/logs/), last 10 minutes")
-        for unit, grep in (("postgresql@15-main.service", ""), ("shortener@8001.service", "ERROR")):
-            lines = logs(base, args.name, unit, 10, password, grep)
-            print(f"   {unit}{' filter ' + grep if grep else ''}: {len(lines)} lines, the last 3:")
+        # systemd's own lines about a unit carry UNIT=; what the unit's processes write, _SYSTEMD_UNIT=
+        # (PostgreSQL writes its own log to a file, so only systemd speaks of it in the journal).
+        for match, grep in (
+            ({"UNIT": "postgresql@15-main.service"}, ""),
+            ({"_SYSTEMD_UNIT": "shortener@8001.service"}, "ERROR"),
+            ({"_SYSTEMD_UNIT": "shortener-clickworker.service"}, "WARNING"),
+        ):
+            lines = logs(base, args.name, match, 10, password, grep)
+            shown = " ".join(f"{k}={v}" for k, v in match.items())
+            print(f"   {shown}{' filter ' + grep if grep else ''}: {len(lines)} lines, the last 3:")
             for line in lines[-3:]:
                 print(f"      {line[:200]}")
     finally:

@@ -95,6 +95,11 @@ def test_worker_waits_out_a_database_outage_and_loses_nothing(clean, client, mak
         burst(client, url["short_code"], 5)  # from the cache, while the database is away
         time.sleep(1.0)
         assert clickworker.FAILURES.labels("database")._value.get() >= 1
+        # the backlog gauge follows the stream during the outage, not frozen at its last success
+        deadline = time.monotonic() + 10
+        while clickworker.BACKLOG._value.get() != 10 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert clickworker.BACKLOG._value.get() == 10
     finally:
         clean.start_pgbouncer()
     deadline = time.monotonic() + 20
