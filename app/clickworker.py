@@ -58,6 +58,8 @@ class ClickWorker:
         self.stream = settings.click_stream
         self.name = name
         self.stopping = threading.Event()
+        # How often the backlog and pending gauges are read from Redis, apart from the loop.
+        self.gauge_interval = 5.0
 
     def ensure_group(self) -> None:
         try:
@@ -153,7 +155,15 @@ class ClickWorker:
         if written:
             LAST_SUCCESS.set(time.time())
 
+    def _watch_queue(self) -> None:
+        # Its own thread: an insert can hang for minutes (PgBouncer holds a query while
+        # PostgreSQL is away, query_wait_timeout), and that is when the backlog matters.
+        while not self.stopping.wait(self.gauge_interval):
+            with contextlib.suppress(RedisError):
+                self.update_gauges(written=False)
+
     def run(self) -> None:
+        threading.Thread(target=self._watch_queue, name="queue-gauges", daemon=True).start()
         delay = 0.5
         recovered = False
         last_claim = 0.0

@@ -205,3 +205,26 @@ def test_concurrent_writers_of_overlapping_clicks_never_deadlock(make_url, clean
     assert errors == []
     assert sum(written) == len(rows)
     assert sql("SELECT count(*), count(DISTINCT click_id) FROM events WHERE event_type = 'click'")[0] == (400, 400)
+
+
+def test_backlog_gauge_follows_the_stream_while_an_insert_hangs(client, make_url, worker_parts, monkeypatch):
+    """PgBouncer holds a query for minutes while PostgreSQL is away; the gauges must not wait."""
+    settings, db, rclient = worker_parts
+    url = make_url()
+    worker = clickworker.ClickWorker(settings, db, rclient, "hung")
+    worker.gauge_interval = 0.1
+    release = threading.Event()
+    monkeypatch.setattr(worker, "_write", lambda entries: release.wait(30) and 0)
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    try:
+        burst(client, url["short_code"], 7)
+        deadline = time.monotonic() + 10
+        while clickworker.BACKLOG._value.get() != 7 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert clickworker.BACKLOG._value.get() == 7
+    finally:
+        worker.stopping.set()
+        release.set()
+        thread.join(5)
+    assert not thread.is_alive()
