@@ -135,15 +135,15 @@ def test_an_instance_killed_under_traffic_loses_no_request(host, base):
     if name != RUNNER.get_hosts("app")[0]:
         pytest.skip("runs once, on the first app host")
     code = requests.post(f"{base}/urls", json={"original_url": "https://example.com/k"}, timeout=5).json()["short_code"]
-    statuses: list[int] = []
+    statuses: list[int | str] = []
     stop = threading.Event()
 
     def traffic() -> None:
         while not stop.is_set():
             try:
                 statuses.append(requests.get(f"{base}/{code}", allow_redirects=False, timeout=5).status_code)
-            except requests.RequestException:
-                statuses.append(0)
+            except requests.RequestException as error:
+                statuses.append(type(error).__name__)
 
     old = host.check_output("systemctl show -p MainPID --value shortener@8002")
     thread = threading.Thread(target=traffic)
