@@ -77,6 +77,23 @@ def run_on_group(host, group: str, command: str) -> None:
         assert result.rc == 0, f"{command}: {result.stderr}"
 
 
+def start_instances(host, units: str) -> None:
+    """Starts the instances on every app host. A start job that fails (seen once in a fresh-clone
+    run: shortener@8002 failed at once when three started together, cause not found) is reported
+    with the unit's journal, then Restart=always must bring it back within a minute by itself."""
+    for member in hosts_in(host, "app"):
+        result = member.run(f"systemctl start {units}")
+        if result.rc == 0:
+            continue
+        print(f"WARNING: systemctl start failed: {result.stderr}")
+        print(member.run("journalctl --no-pager -n 60 -u 'shortener@*' --since '-3min' 2>&1").stdout)
+
+        def all_active(member=member) -> bool:
+            return member.run(f"systemctl is-active --quiet {units}").rc == 0
+
+        wait_until(all_active, 60, "Restart=always brings every instance back")
+
+
 @pytest.fixture(scope="module")
 def address(host) -> str:
     """Where users reach the service: the (first) load balancer."""
@@ -234,7 +251,7 @@ def test_all_instances_stopped_pages_within_two_minutes(host, address):
         assert "runbooks/ShortenerDown.md" in page["embeds"][0]["description"]
     finally:
         started_at = host_time(host)
-        run_on_group(host, "app", f"systemctl start {units}")
+        start_instances(host, units)
     resolved = wait_for_message(host, started_at, r"^\[RESOLVED\] ShortenerDown", 300)
     print(f"the resolved message followed {resolved['received_at'] - started_at:.1f} s after the start")
     wait_service_healthy(host, address)
