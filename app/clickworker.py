@@ -181,10 +181,8 @@ class ClickWorker:
                 delay = 0.5
             except DatabaseUnavailable as exc:
                 FAILURES.labels("database").inc()
+                # The backlog gauge stays true meanwhile: _watch_queue updates it on its own.
                 log.warning("database unavailable, clicks wait in Redis", extra={"error": str(exc)})
-                # The backlog is what the on-call watches during a database outage: keep it true.
-                with contextlib.suppress(RedisError):
-                    self.update_gauges(written=False)
                 recovered = False
                 self.stopping.wait(delay)
                 delay = min(delay * 2, 10.0)

@@ -54,11 +54,22 @@ EMAIL_OWNER = "SELECT id FROM users WHERE lower(email) = lower(%s)"
 # --- urls --------------------------------------------------------------------------------
 URL_COLUMNS = "id, user_id, short_code, original_url, title, is_active, redirect_type, created_at, updated_at"
 
+# A new link and its `created` event in ONE statement: atomic in autocommit, one round trip
+# through PgBouncer instead of four (BEGIN, two INSERTs, COMMIT); docs/capacity.md, fix 6.
+# A taken code inserts neither row and returns none.
 INSERT_URL = f"""
-INSERT INTO urls (user_id, short_code, original_url, title, redirect_type)
-VALUES (%(user_id)s, %(short_code)s, %(original_url)s, %(title)s, %(redirect_type)s)
-ON CONFLICT (short_code) DO NOTHING
-RETURNING {URL_COLUMNS}
+WITH url AS (
+    INSERT INTO urls (user_id, short_code, original_url, title, redirect_type)
+    VALUES (%(user_id)s, %(short_code)s, %(original_url)s, %(title)s, %(redirect_type)s)
+    ON CONFLICT (short_code) DO NOTHING
+    RETURNING {URL_COLUMNS}
+), created AS (
+    INSERT INTO events (url_id, user_id, event_type, details)
+    SELECT id, user_id, 'created',
+           jsonb_build_object('short_code', short_code, 'original_url', original_url) || %(details)s::jsonb
+    FROM url
+)
+SELECT {URL_COLUMNS} FROM url
 """
 
 GET_URL = f"SELECT {URL_COLUMNS} FROM urls WHERE id = %s AND deleted_at IS NULL"

@@ -36,6 +36,35 @@ def test_create_url_writes_a_created_event(client, make_url):
     assert events[0]["details"]["short_code"] == url["short_code"]
 
 
+def test_the_created_event_holds_the_link_and_its_owner(client, make_user, sql):
+    user = make_user()
+    url = client.post("/urls", json={"original_url": "https://example.com/owned", "user_id": user["id"]}).get_json()
+    rows = sql('SELECT url_id, user_id, event_type, details, "timestamp" FROM events WHERE url_id = %s', (url["id"],))
+    assert len(rows) == 1
+    url_id, user_id, event_type, details, _ = rows[0]
+    assert (url_id, user_id, event_type) == (url["id"], user["id"], "created")
+    assert details == {"short_code": url["short_code"], "original_url": "https://example.com/owned"}
+
+
+def test_a_taken_code_writes_neither_a_link_nor_an_event(client, sql):
+    client.post("/urls", json={"original_url": "https://example.com", "short_code": "taken-1"})
+    before = sql("SELECT count(*) FROM urls")[0][0], sql("SELECT count(*) FROM events")[0][0]
+    assert client.post("/urls", json={"original_url": "https://e.org", "short_code": "taken-1"}).status_code == 409
+    assert (sql("SELECT count(*) FROM urls")[0][0], sql("SELECT count(*) FROM events")[0][0]) == before
+
+
+def test_a_random_code_that_collides_is_drawn_again_with_one_event(client, make_url, sql, monkeypatch):
+    from app.api import urls
+
+    first = make_url()
+    codes = iter([first["short_code"], first["short_code"], "Fresh1"])
+    monkeypatch.setattr(urls, "new_code", lambda: next(codes))
+    second = client.post("/urls", json={"original_url": "https://example.com/second"}).get_json()
+    assert second["short_code"] == "Fresh1"
+    events = sql("SELECT url_id, event_type FROM events ORDER BY id")
+    assert events == [(first["id"], "created"), (second["id"], "created")]
+
+
 @pytest.mark.parametrize(
     "body, field",
     [

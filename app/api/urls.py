@@ -50,22 +50,18 @@ def _event(cur: Any, event_type: str, row: dict[str, Any], details: dict[str, An
 
 def create_link(data: UrlIn, **event_details: Any) -> dict[str, Any]:
     """Inserts a link with a fresh (or the requested) code and its ``created`` event."""
-    params = data.model_dump()
+    params = {**data.model_dump(), "details": Json(event_details)}
     row = None
-    with services().db.transaction() as cur:
-        for _ in range(1 if data.short_code else CODE_ATTEMPTS):
-            params["short_code"] = data.short_code or new_code()
-            cur.execute(sql.INSERT_URL, params)
-            row = cur.fetchone()
-            if row is not None:
-                break
-        if row is None:
-            if data.short_code:
-                raise ApiError(409, "This short code is already taken", {"short_code": "already taken"})
-            # 62^6 codes: eight collisions in a row means the space is nearly full.
-            raise ApiError(503, "Could not find a free short code, try again")  # pragma: no cover
-        details = {"short_code": row["short_code"], "original_url": row["original_url"], **event_details}
-        _event(cur, "created", row, details)
+    for _ in range(1 if data.short_code else CODE_ATTEMPTS):
+        params["short_code"] = data.short_code or new_code()
+        row = services().db.fetch_one(sql.INSERT_URL, params)
+        if row is not None:
+            break
+    if row is None:
+        if data.short_code:
+            raise ApiError(409, "This short code is already taken", {"short_code": "already taken"})
+        # 62^6 codes: eight collisions in a row means the space is nearly full.
+        raise ApiError(503, "Could not find a free short code, try again")  # pragma: no cover
     # A custom code may sit in the negative cache from an earlier miss. A fresh random code
     # cannot, and leaving it alone lets its first redirects fill the cache at once.
     if data.short_code:

@@ -2,20 +2,13 @@
 -- redirect.lua it stops creating after BENCH_MEASURE seconds (then it asks for an unknown
 -- code), so the number of 201s is exactly the number of links made.
 dofile(os.getenv("BENCH_LUA_DIR") .. "/common.lua")
-local measure = tonumber(os.getenv("BENCH_MEASURE") or "10")
 local run = os.getenv("BENCH_RUN") or "run"
 local headers = {["Content-Type"] = "application/json", ["User-Agent"] = "shortener-bench"}
-local deadline = nil
 local n = 0
 
 function request()
-  local t = now()
-  if deadline == nil then
-    deadline = t + measure
-    first_request = t
-  end
-  if t >= deadline then
-    return wrk.format("GET", "/zzbenchnotacode0", {["User-Agent"] = "shortener-bench"})
+  if not measuring() then
+    return wrk.format("GET", UNCOUNTED, {["User-Agent"] = "shortener-bench"})
   end
   n = n + 1
   local body = string.format('{"original_url":"https://example.com/bench-create/%s/%d/%d","title":"bench"}',
@@ -23,7 +16,4 @@ function request()
   return wrk.format("POST", "/urls", headers, body)
 end
 
-function response(status, hdrs, body)
-  count(status)
-  if status ~= 404 then last_counted = now() end
-end
+response = counting_response

@@ -6,14 +6,12 @@
 --   BENCH_CODES_PREFIX + n (n = 1..BENCH_CODES_COUNT): a different code per request (cold),
 --   or BENCH_CODE: one code (hot).
 dofile(os.getenv("BENCH_LUA_DIR") .. "/common.lua")
-local measure = tonumber(os.getenv("BENCH_MEASURE") or "10")
 local code = os.getenv("BENCH_CODE")
 local prefix = os.getenv("BENCH_CODES_PREFIX")
 local ncodes = tonumber(os.getenv("BENCH_CODES_COUNT") or "0")
 local host_header = os.getenv("BENCH_HOST_HEADER")
 local headers = {["User-Agent"] = "shortener-bench"}
 if host_header then headers["Host"] = host_header end
-local deadline = nil
 local nthreads, next_n = 1, 0
 
 function init(args)
@@ -22,13 +20,8 @@ function init(args)
 end
 
 function request()
-  local t = now()
-  if deadline == nil then
-    deadline = t + measure
-    first_request = t
-  end
-  if t >= deadline then
-    return wrk.format("GET", "/zzbenchnotacode0", headers)
+  if not measuring() then
+    return wrk.format("GET", UNCOUNTED, headers)
   end
   if prefix then
     local n = next_n
@@ -39,7 +32,4 @@ function request()
   return wrk.format("GET", "/" .. code, headers)
 end
 
-function response(status, hdrs, body)
-  count(status)
-  if status ~= 404 then last_counted = now() end
-end
+response = counting_response
