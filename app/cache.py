@@ -26,7 +26,7 @@ from typing import TypeVar
 
 import redis
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 from redis.retry import Retry
 
 from app import metrics
@@ -213,7 +213,17 @@ class Cache:
         """Reads a link; on a hit also queues the click. Returns the raw value or None."""
         key = KEY_PREFIX + code
         args = [click["c"], click["t"], click["r"], click["a"], code]
-        return self.call(lambda r: self._hit(keys=[key, self.stream], args=args, client=r))
+        return self.call(lambda r: self._hit_once(r, key, args))
+
+    def _hit_once(self, r: redis.Redis, key: str, args: list[str]) -> str | None:
+        # EVALSHA straight away: redis-py's Script and evalsha() wrappers (argument checks,
+        # a deprecation shim) cost about 6% of a worker's CPU per redirect (py-spy,
+        # docs/capacity.md, fix 9).
+        try:
+            return r.execute_command("EVALSHA", self._hit.sha, 2, key, self.stream, *args)
+        except NoScriptError:
+            # Redis restarted empty or its scripts were flushed: Script loads it and retries.
+            return self._hit(keys=[key, self.stream], args=args, client=r)
 
     def peek(self, code: str) -> str | None:
         """Reads a link without counting a click (HEAD requests)."""

@@ -176,9 +176,14 @@ class ClickWorker:
                 if time.monotonic() - last_claim > self.settings.clickworker_claim_idle_ms / 2000:
                     self.claim_stale()
                     last_claim = time.monotonic()
-                self.step()
+                written = self.step()
                 self.update_gauges()
                 delay = 0.5
+                if 0 < written < self.settings.clickworker_batch_size:
+                    # A partial batch: let the next one fill up. Under load each batch (seven
+                    # round trips and a commit) otherwise carries ~20 clicks (docs/capacity.md,
+                    # fix 8); a lone click still goes out at once, it only delays the next read.
+                    self.stopping.wait(self.settings.clickworker_linger_ms / 1000)
             except DatabaseUnavailable as exc:
                 FAILURES.labels("database").inc()
                 # The backlog gauge stays true meanwhile: _watch_queue updates it on its own.

@@ -57,6 +57,7 @@ class Settings(BaseSettings):
     # The click worker (python -m app.clickworker).
     clickworker_batch_size: int = Field(500, ge=1)
     clickworker_block_ms: int = Field(1000, ge=1)
+    clickworker_linger_ms: int = Field(200, ge=0, le=5000)
     clickworker_claim_idle_ms: int = Field(30000, ge=1000)
     clickworker_metrics_addr: str = "127.0.0.1:9101"
 

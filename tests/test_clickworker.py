@@ -228,3 +228,48 @@ def test_backlog_gauge_follows_the_stream_while_an_insert_hangs(client, make_url
         release.set()
         thread.join(5)
     assert not thread.is_alive()
+
+
+@pytest.mark.parametrize("linger_ms, most_batches", [(1000, 3), (0, None)])
+def test_under_a_steady_trickle_the_worker_lingers_to_fill_its_batches(
+    clean, client, make_url, sql, linger_ms, most_batches
+):
+    settings = make_settings(
+        clean, clickworker_batch_size=500, clickworker_block_ms=100, clickworker_linger_ms=linger_ms
+    )
+    db = Database(settings.database_url, 2, 5, 2)
+    rclient = redis_lib.Redis.from_url(settings.redis_url, decode_responses=True, socket_timeout=5)
+    url = make_url()
+    burst(client, url["short_code"], 1)  # the cache miss: every later click is a cache hit
+    worker = clickworker.ClickWorker(settings, db, rclient, "linger")
+    worker.ensure_group()
+    while worker.step():
+        pass
+    batches: list[int] = []
+    write = worker._write
+
+    def recording_write(entries):
+        if entries:
+            batches.append(len(entries))
+        return write(entries)
+
+    worker._write = recording_write
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    try:
+        for _ in range(6):  # 60 clicks over ~0.5 s: a trickle, never a full batch
+            burst(client, url["short_code"], 10)
+            time.sleep(0.08)
+        deadline = time.monotonic() + 10
+        while click_count(sql) < 61 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        worker.stopping.set()
+        thread.join(timeout=10)
+        db.close()
+        rclient.close()
+    assert click_count(sql) == 61 and sum(batches) == 60
+    if most_batches is not None:
+        assert len(batches) <= most_batches, batches
+    else:
+        assert len(batches) >= 6, batches  # without lingering, every burst is a batch of its own

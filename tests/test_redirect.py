@@ -36,6 +36,17 @@ def test_cached_and_uncached_redirects_both_count(client, make_url, redis):
     assert len(clicks(client, url["id"])) == 3
 
 
+def test_a_cached_redirect_survives_redis_forgetting_its_scripts(client, make_url, redis):
+    url = make_url()
+    assert client.get(f"/{url['short_code']}").status_code == 302  # fills the cache
+    redis.script_flush()  # as after a Redis restart: the link is cached, the script is not
+    assert redis.get(KEY_PREFIX + url["short_code"]) is not None
+    for _ in range(2):  # the first loads the script again, the second uses it
+        response = client.get(f"/{url['short_code']}")
+        assert response.status_code == 302 and response.headers["Location"] == url["original_url"]
+    assert len(clicks(client, url["id"])) == 3
+
+
 @pytest.mark.parametrize("status", [301, 302, 307, 308])
 def test_configured_redirect_status(client, make_url, status):
     url = make_url(redirect_type=status)
