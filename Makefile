@@ -19,7 +19,7 @@ LAB_HOST    := lab-aio=10.213.0.10
 LAB_ADDR    := 10.213.0.10
 export ANSIBLE_CONFIG := $(ROOT)/ansible/ansible.cfg
 
-.PHONY: help deps venv lint test test-service test-molecule test-cluster up down dev seed clean loadtest bench
+.PHONY: help deps venv lint test test-service test-molecule test-cluster up down dev seed clean loadtest bench openloop
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -84,6 +84,10 @@ loadtest: venv ## Locust ladder (50 .. 5000 users) against the lab host: CSV, ma
 bench: venv ## wrk: hot/cold redirect, link creation vs static-302 and bare-WSGI references; click count check (BENCH_ARGS=...)
 	command -v wrk >/dev/null || { apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends wrk >/dev/null; }
 	$(PY) $(ROOT)/loadtests/bench.py --target http://$(LAB_ADDR) $(BENCH_ARGS)
+
+openloop: venv ## hey: latency at fixed offered redirect rates over 1000 open connections; click check (OPENLOOP_ARGS=...)
+	command -v hey >/dev/null || { apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends hey >/dev/null; }
+	$(PY) $(ROOT)/loadtests/openloop.py --target http://$(LAB_ADDR) $(OPENLOOP_ARGS)
 
 dev: venv ## run the service locally (Flask dev server) against private PostgreSQL and Redis
 	eval "$$($(PY) -m tests.services up)"
