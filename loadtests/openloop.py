@@ -9,9 +9,12 @@ so its latency is connections / throughput. Here every connection sends at a fix
 and the latency shows what a request waits for at that load. The issue's target: p99 under
 50 ms at 2,000 redirects/s over 1,000 open connections.
 
-The connections are split over several hey processes (``--per-process``, 500 by default)
-because one hey keeps at most 500 idle connections to a host and would open a new TCP
-connection for every request above that.
+The connections are split over several hey processes (``--per-process``, 25 by default),
+started spread over one period (1/q s). All connections of one hey send together (each
+worker's ticker starts with the process): with one process for all 1,000 connections the
+"fixed load" is a burst of 1,000 requests every period, and the latency measured is that
+burst's queue (docs/capacity.md shows the difference). One hey also keeps at most 500 idle
+connections to a host.
 
 Every request is a hot redirect: one link, created for the run and put in the cache with a
 HEAD (not a click). Per rate: the 302s received per second, p50/p95/p99 of every request
@@ -58,8 +61,14 @@ def run_step(url: str, rate: int, connections: int, per_process: int, seconds: i
     if connections % per_process:
         sizes.append(connections % per_process)
     qps = rate / connections  # per connection: the same pace on every one
+    # The connections of one hey tick together (each worker's ticker starts with the process),
+    # so the processes start spread over one period: bursts of --per-process requests at even
+    # intervals, not one burst of every connection at once.
+    period = 1 / qps
+    started = time.monotonic()
     procs = []
-    for size in sizes:
+    for k, size in enumerate(sizes):
+        time.sleep(max(0.0, started + k * period / len(sizes) - time.monotonic()))
         cmd = ["hey", "-z", f"{seconds}s", "-c", str(size), "-q", f"{qps:.6f}", "-t", "10"]
         cmd += ["-disable-redirects", "-disable-compression", "-o", "csv", url]
         procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
@@ -99,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lab-host", default=None, help="SSH address of the host (default: the target's)")
     parser.add_argument("--rates", default="500,1000,1500,2000", help="offered requests/s, one step each")
     parser.add_argument("--connections", type=int, default=1000)
-    parser.add_argument("--per-process", type=int, default=500, help="connections per hey process (at most 500)")
+    parser.add_argument("--per-process", type=int, default=25, help="connections per hey process (at most 500)")
     parser.add_argument("--seconds", type=int, default=30, help="seconds per step")
     parser.add_argument("--pause", type=float, default=10.0, help="seconds between steps")
     parser.add_argument("--out", type=Path, default=HERE / "results")
