@@ -39,6 +39,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from urllib.parse import urlparse
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -88,8 +89,6 @@ def run_step(url: str, rate: int, connections: int, per_process: int, seconds: i
     ok = statuses.get("302", 0)
     return {
         "offered": rate,
-        "connections": connections,
-        "processes": len(sizes),
         "sent": len(latencies),
         "rps_302": ok / seconds,
         "p50_ms": percentile(latencies, 50) * 1000,
@@ -118,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     if not 1 <= args.per_process <= 500:
         parser.error("--per-process must be 1..500: one hey keeps at most 500 idle connections")
 
-    host = args.lab_host or args.target.split("//", 1)[-1].split(":")[0].split("/")[0]
+    host = args.lab_host or urlparse(args.target).hostname or ""
     run_id = secrets.token_hex(3)
     facts = labssh.machine_facts(host)
     print(f"open-loop run {run_id} against {args.target}; machine: {facts}", flush=True)
@@ -126,13 +125,14 @@ def main(argv: list[str] | None = None) -> int:
     link = bench.create_link(args.target, f"https://example.com/bench-openloop/{run_id}")
     bench.warm(args.target, link["short_code"])
     url = args.target.rstrip("/") + "/" + link["short_code"]
+    clicks_query = f"SELECT count(*) FROM events WHERE url_id = {link['id']}"
     rows = []
     failed = False
     try:
         for i, rate in enumerate(int(r) for r in args.rates.split(",")):
             if i:
                 time.sleep(args.pause)
-            before = int(labssh.psql(host, f"SELECT count(*) FROM events WHERE url_id = {link['id']}"))
+            before = int(labssh.psql(host, clicks_query))
             load = os.getloadavg()[0]
             print(f"--- {rate} req/s offered over {args.connections} connections for {args.seconds} s", flush=True)
             row = run_step(
@@ -140,8 +140,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             row["load_before"] = load
             # The clicks of this step: the queue drains within seconds once the load stops.
-            query = f"SELECT count(*) FROM events WHERE url_id = {link['id']}"
-            counts = bench.wait_for_clicks(host, {"step": (query, before + row["ok"])}, timeout=120)
+            counts = bench.wait_for_clicks(host, {"step": (clicks_query, before + row["ok"])}, timeout=120)
             row["clicks"] = counts["step"] - before
             # A request hey gave up on (time-out) may still have been served and counted.
             row["click_check"] = row["ok"] <= row["clicks"] <= row["ok"] + row["errors"]

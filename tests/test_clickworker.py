@@ -232,13 +232,10 @@ def test_backlog_gauge_follows_the_stream_while_an_insert_hangs(client, make_url
 
 @pytest.mark.parametrize("linger_ms, most_batches", [(1000, 3), (0, None)])
 def test_under_a_steady_trickle_the_worker_lingers_to_fill_its_batches(
-    clean, client, make_url, sql, linger_ms, most_batches
+    client, make_url, worker_parts, sql, linger_ms, most_batches
 ):
-    settings = make_settings(
-        clean, clickworker_batch_size=500, clickworker_block_ms=100, clickworker_linger_ms=linger_ms
-    )
-    db = Database(settings.database_url, 2, 5, 2)
-    rclient = redis_lib.Redis.from_url(settings.redis_url, decode_responses=True, socket_timeout=5)
+    settings, db, rclient = worker_parts
+    settings = settings.model_copy(update={"clickworker_batch_size": 500, "clickworker_linger_ms": linger_ms})
     url = make_url()
     burst(client, url["short_code"], 1)  # the cache miss: every later click is a cache hit
     worker = clickworker.ClickWorker(settings, db, rclient, "linger")
@@ -266,8 +263,6 @@ def test_under_a_steady_trickle_the_worker_lingers_to_fill_its_batches(
     finally:
         worker.stopping.set()
         thread.join(timeout=10)
-        db.close()
-        rclient.close()
     assert click_count(sql) == 61 and sum(batches) == 60
     if most_batches is not None:
         assert len(batches) <= most_batches, batches
