@@ -187,3 +187,38 @@ BEGIN
 END
 $$
 """
+
+# --- api keys ----------------------------------------------------------------------------
+KEY_COLUMNS = "id, user_id, is_admin, name, prefix, created_at, last_used_at, revoked_at"
+
+INSERT_KEY = f"""
+INSERT INTO api_keys (user_id, is_admin, name, prefix, key_hash)
+VALUES (%(user_id)s, %(is_admin)s, %(name)s, %(prefix)s, %(key_hash)s)
+RETURNING {KEY_COLUMNS}
+"""
+
+# Any key with this hash, revoked or not: the authentication lookup and ensure-admin.
+KEY_BY_HASH = f"SELECT {KEY_COLUMNS} FROM api_keys WHERE key_hash = %s"
+
+GET_KEY = f"SELECT {KEY_COLUMNS} FROM api_keys WHERE id = %s"
+
+KEYS_BY_PREFIX = f"SELECT {KEY_COLUMNS} FROM api_keys WHERE prefix = %s ORDER BY id"
+
+LIST_KEYS = f"""
+SELECT {KEY_COLUMNS} FROM api_keys
+WHERE (%(user_id)s::bigint IS NULL OR user_id = %(user_id)s)
+ORDER BY id LIMIT %(limit)s OFFSET %(offset)s
+"""
+
+# Idempotent: revoking twice keeps the first time.
+REVOKE_KEY = f"""
+UPDATE api_keys SET revoked_at = COALESCE(revoked_at, {NOW})
+WHERE id = %s RETURNING {KEY_COLUMNS}
+"""
+
+# The service calls this at most once a minute per key and process (app/access.py); the
+# condition keeps several processes from rewriting the same row within the minute.
+TOUCH_KEY = f"""
+UPDATE api_keys SET last_used_at = {NOW}
+WHERE id = %s AND (last_used_at IS NULL OR last_used_at < {NOW} - interval '1 minute')
+"""

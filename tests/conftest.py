@@ -58,7 +58,7 @@ def truncate(stack: Services) -> None:
     conn = psycopg2.connect(stack.direct_database_url)
     try:
         with conn, conn.cursor() as cur:
-            cur.execute("TRUNCATE events, urls, users RESTART IDENTITY CASCADE")
+            cur.execute("TRUNCATE api_keys, events, urls, users RESTART IDENTITY CASCADE")
     finally:
         conn.close()
 
