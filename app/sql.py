@@ -76,8 +76,6 @@ GET_URL = f"SELECT {URL_COLUMNS} FROM urls WHERE id = %s AND deleted_at IS NULL"
 
 GET_URL_FOR_UPDATE = f"SELECT {URL_COLUMNS} FROM urls WHERE id = %s AND deleted_at IS NULL FOR UPDATE"
 
-URL_EXISTS = "SELECT 1 FROM urls WHERE id = %s AND deleted_at IS NULL"
-
 # What a redirect needs, and nothing more.
 RESOLVE_CODE = """
 SELECT id, user_id, original_url, is_active, redirect_type FROM urls
@@ -88,6 +86,7 @@ LIST_URLS = f"""
 SELECT {URL_COLUMNS} FROM urls
 WHERE deleted_at IS NULL
   AND (%(user_id)s::bigint IS NULL OR user_id = %(user_id)s)
+  AND (%(owner_id)s::bigint IS NULL OR user_id = %(owner_id)s)
   AND (%(is_active)s::boolean IS NULL OR is_active = %(is_active)s)
 ORDER BY id LIMIT %(limit)s OFFSET %(offset)s
 """
@@ -118,6 +117,9 @@ SELECT {EVENT_COLUMNS} FROM events
 WHERE (%(event_type)s::text IS NULL OR event_type = %(event_type)s)
   AND (%(url_id)s::bigint IS NULL OR url_id = %(url_id)s)
   AND (%(user_id)s::bigint IS NULL OR user_id = %(user_id)s)
+  -- A user's key sees the events of its links and the events about itself.
+  AND (%(owner_id)s::bigint IS NULL OR user_id = %(owner_id)s
+       OR url_id IN (SELECT id FROM urls WHERE user_id = %(owner_id)s))
 ORDER BY id LIMIT %(limit)s OFFSET %(offset)s
 """
 
