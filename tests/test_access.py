@@ -306,3 +306,22 @@ def test_last_used_is_written_once_a_minute_at_most(world: World, sql: Callable[
     for _ in range(5):
         client.get("/urls")
     assert sql("SELECT last_used_at FROM api_keys WHERE user_id = %s", (world.user_b,))[0][0] == first
+
+
+def test_the_log_line_names_the_client_the_trusted_proxy_reports(
+    world: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="shortener.access")
+    code = world.url_a["short_code"]
+    client = world.app.test_client()
+    client.get(f"/{code}")  # fills the cache: the next ones take the fast path
+    cases = [
+        ({"REMOTE_ADDR": "127.0.0.1"}, "198.51.100.4", "198.51.100.4"),  # our Nginx
+        ({"REMOTE_ADDR": "203.0.113.5"}, "198.51.100.4", "203.0.113.5"),  # anyone else: ignored
+    ]
+    for environ, real_ip, expected in cases:
+        for path in (f"/{code}", "/health"):  # fast path and Flask
+            caplog.clear()
+            client.get(path, environ_base=environ, headers={"X-Real-IP": real_ip})
+            lines = [r for r in caplog.records if r.name == "shortener.access"]
+            assert [r.remote_addr for r in lines] == [expected], path  # type: ignore[attr-defined]
