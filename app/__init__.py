@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from flask import Flask, Response, current_app, g, request
 
-from app import errors, logs, metrics
+from app import errors, logs, metrics, urlpolicy
 from app.cache import Cache, CircuitBreaker
 from app.config import Settings, get_settings
 from app.db import Database
@@ -51,6 +51,9 @@ def create_app(settings: Settings | None = None) -> Flask:
         stream=settings.click_stream,
     )
     app.extensions["shortener"] = Services(settings, db, cache)
+    app.extensions["urlpolicy"] = urlpolicy.UrlPolicy.from_settings(
+        settings.public_base_url, settings.own_hostnames.split(","), settings.url_blocklist_file
+    )
     metrics.worker_started(settings.db_pool_max, cache.enabled)
 
     if settings.migrate_on_start:

@@ -51,6 +51,8 @@ WHERE NOT EXISTS (SELECT 1 FROM users WHERE lower(email) = lower(%(email)s))
 
 EMAIL_OWNER = "SELECT id FROM users WHERE lower(email) = lower(%s)"
 
+MAX_USER_ID = "SELECT COALESCE(max(id), 0) AS max_id FROM users"
+
 # --- urls --------------------------------------------------------------------------------
 URL_COLUMNS = "id, user_id, short_code, original_url, title, is_active, redirect_type, created_at, updated_at"
 
@@ -157,10 +159,15 @@ ON CONFLICT DO NOTHING
 """
 
 # Moves each id sequence past the largest id, so that the next insert does not collide.
+# Only ids below 2^53 count: a row that got past the import's guard (an id loaded by hand
+# near 2^63) must not move a sequence next to its end, where every later insert fails.
 RESET_SEQUENCES = """
-SELECT setval(pg_get_serial_sequence('users', 'id'), COALESCE((SELECT max(id) FROM users), 0) + 1, false),
-       setval(pg_get_serial_sequence('urls', 'id'), COALESCE((SELECT max(id) FROM urls), 0) + 1, false),
-       setval(pg_get_serial_sequence('events', 'id'), COALESCE((SELECT max(id) FROM events), 0) + 1, false)
+SELECT setval(pg_get_serial_sequence('users', 'id'),
+              COALESCE((SELECT max(id) FROM users WHERE id < 9007199254740992), 0) + 1, false),
+       setval(pg_get_serial_sequence('urls', 'id'),
+              COALESCE((SELECT max(id) FROM urls WHERE id < 9007199254740992), 0) + 1, false),
+       setval(pg_get_serial_sequence('events', 'id'),
+              COALESCE((SELECT max(id) FROM events WHERE id < 9007199254740992), 0) + 1, false)
 """
 
 # --- migrations --------------------------------------------------------------------------

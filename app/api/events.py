@@ -24,7 +24,7 @@ def list_events() -> Response:
     svc = services()
     # A client that followed a link and then lists events must see its click, even when the
     # click worker has not written it yet.
-    clicks.drain(svc.db, svc.cache)
+    clicks.drain(svc.db, svc.cache, svc.settings.events_drain_max)
     rows = svc.db.fetch_all(sql.LIST_EVENTS, {**filters, "limit": limit, "offset": offset})
     return jsonify([event_out(r) for r in rows])
 
