@@ -115,13 +115,37 @@ VALUES (%(url_id)s, %(user_id)s, %(event_type)s, %(details)s)
 RETURNING {EVENT_COLUMNS}
 """
 
-LIST_EVENTS = f"""
+_EVENT_FILTERS = {
+    "url_id": "(%(url_id)s::bigint IS NULL OR url_id = %(url_id)s)",
+    "user_id": "(%(user_id)s::bigint IS NULL OR user_id = %(user_id)s)",
+    "event_type": "(%(event_type)s::text IS NULL OR event_type = %(event_type)s)",
+}
+
+
+def _list_events(leading: str | None) -> str:
+    """A page of events, one statement per leading filter (app/api/events.py picks it).
+
+    With a filter, "ORDER BY id" let the planner walk the primary key and drop what does not
+    match, guessing matches are spread evenly; when they are all recent (a link that just went
+    viral) that read the whole table for one page. The leading filter is therefore written as
+    a range (an equality would make the planner drop its column from the ORDER BY again) and
+    the order is (column, id), the same order under the filter, which only the (column, id)
+    index of migration 0002 gives: one page reads offset + limit index entries.
+    """
+    where = [
+        f"{column} BETWEEN %({column})s AND %({column})s" if column == leading else condition
+        for column, condition in _EVENT_FILTERS.items()
+    ]
+    order = f"{leading}, id" if leading else "id"
+    return f"""
 SELECT {EVENT_COLUMNS} FROM events
-WHERE (%(event_type)s::text IS NULL OR event_type = %(event_type)s)
-  AND (%(url_id)s::bigint IS NULL OR url_id = %(url_id)s)
-  AND (%(user_id)s::bigint IS NULL OR user_id = %(user_id)s)
-ORDER BY id LIMIT %(limit)s OFFSET %(offset)s
+WHERE {" AND ".join(where)}
+ORDER BY {order} LIMIT %(limit)s OFFSET %(offset)s
 """
+
+
+LIST_EVENTS = _list_events(None)
+LIST_EVENTS_BY = {column: _list_events(column) for column in _EVENT_FILTERS}
 
 # Clicks arrive in batches as one JSON array. A click whose link or user vanished meanwhile
 # keeps its row with a null reference rather than failing the whole batch. The click id makes
