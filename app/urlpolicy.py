@@ -312,6 +312,8 @@ class UrlPolicy:
                 raise Refused(f"must not point to {reason}")
             if str(host.address) in self.own_hosts | self._request_host():
                 raise Refused("must not point to this shortener itself")
+            if str(host.address) in self.blocklist:
+                raise Refused("points to a blocked domain")
             return
         suffixes = _suffixes(host.labels)
         if any(s in LOCAL_SUFFIXES for s in suffixes):

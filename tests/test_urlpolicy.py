@@ -146,7 +146,7 @@ def test_the_blocklist_blocks_its_domains_and_their_subdomains(app_factory, tmp_
     listing = tmp_path / "blocklist"
     listing.write_text(
         "# phishing reported 2026-11\nevil.example\n\n  Bad.Example.ORG  # a comment\n*.wild.example\n"
-        "\u043f\u0440\u0438\u043c\u0435\u0440.\u0440\u0444\nzip\n",
+        "\u043f\u0440\u0438\u043c\u0435\u0440.\u0440\u0444\nzip\n203.0.114.9\n",
         encoding="utf-8",
     )
     client = app_factory(url_blocklist_file=str(listing)).test_client()
@@ -158,6 +158,8 @@ def test_the_blocklist_blocks_its_domains_and_their_subdomains(app_factory, tmp_
         "https://www.wild.example/",
         "https://xn--e1afmkfd.xn--p1ai/",  # listed in Unicode, asked in punycode
         "https://files.zip/",  # a whole top-level domain
+        "http://203.0.114.9:8080/",  # an address
+        "http://3405804041/",  # the same address, spelled as one number
     ):
         response = client.post("/urls", json={"original_url": url})
         assert response.status_code == 422, url
