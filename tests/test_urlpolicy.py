@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import ipaddress
+from urllib.parse import urlsplit
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from app import urlpolicy
 
@@ -204,3 +209,39 @@ def test_scripts_per_label():
     assert not urlpolicy.mixes_scripts("abc-123")
     assert not urlpolicy.mixes_scripts("\u4f8b\u3048abc")  # Japanese with Latin
     assert urlpolicy.mixes_scripts("\u03b1\u0431")  # Greek with Cyrillic
+
+
+# --- property: every spelling of an address gets the address's verdict -----------------------
+_SPELLINGS = st.sampled_from(["dec", "hex", "oct"])
+
+
+def _spell(number: int, how: str) -> str:
+    return {"dec": str(number), "hex": hex(number), "oct": "0" + oct(number)[2:]}[how]
+
+
+@st.composite
+def ipv4_spellings(draw: st.DrawFn) -> tuple[ipaddress.IPv4Address, str]:
+    """An address, and one of the ways a browser lets it be written (1 to 4 parts, each part in
+    decimal, hex or octal, the last part holding the remaining bytes)."""
+    address = ipaddress.IPv4Address(draw(st.integers(0, 2**32 - 1)))
+    octets = list(address.packed)
+    parts = draw(st.integers(1, 4))
+    head = octets[: parts - 1]
+    tail = int.from_bytes(bytes(octets[parts - 1 :]), "big")
+    spelled = [_spell(o, draw(_SPELLINGS)) for o in head] + [_spell(tail, draw(_SPELLINGS))]
+    return address, ".".join(spelled) + draw(st.sampled_from(["", "."]))
+
+
+@settings(max_examples=400, deadline=None)
+@given(ipv4_spellings())
+def test_every_ipv4_spelling_gets_the_verdict_of_its_dotted_quad(case):
+    address, host = case
+    assert urlpolicy.parse_host(host).address == address
+    expected = urlpolicy.ip_refusal(address)
+    for url in (f"http://{host}/", f"http://[::ffff:{address}]/"):
+        try:
+            urlpolicy.DEFAULT.check(urlsplit(url))
+            verdict = None
+        except urlpolicy.Refused as exc:
+            verdict = str(exc).removeprefix("must not point to ")
+        assert verdict == expected, url
