@@ -7,7 +7,7 @@ import time
 
 from flask import Flask, Response, g, request
 
-from app import access, errors, limits, logs, metrics
+from app import access, errors, limits, logs, metrics, urlpolicy
 from app.addresses import Networks
 from app.cache import Cache, CircuitBreaker
 from app.config import Settings, get_settings
@@ -43,6 +43,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     )
     app.extensions["shortener"] = Services(
         settings, db, cache, Networks(settings.trusted_proxies), Networks(settings.metrics_allow)
+    )
+    app.extensions["urlpolicy"] = urlpolicy.UrlPolicy.from_settings(
+        settings.public_base_url, settings.own_hostnames.split(","), settings.url_blocklist_file
     )
     metrics.worker_started(settings.db_pool_max, cache.enabled)
 

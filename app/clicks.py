@@ -81,25 +81,30 @@ def write_direct(db: Database, click: dict[str, str], url_id: int, user_id: int 
     metrics.CLICKS_WRITTEN_DIRECT.inc()
 
 
-def drain(db: Database, cache: Cache) -> int:
-    """Writes every click still in the queue, so a listing that follows misses none.
+def drain(db: Database, cache: Cache, limit: int) -> int:
+    """Writes the clicks still in the queue, so a listing that follows misses none.
 
-    Entries stay in the stream: the worker acknowledges and deletes them, and its own insert of
-    the same clicks does nothing.
+    At most ``limit`` entries (the oldest): a request does bounded work however long the queue
+    has grown (the worker stopped, say); the worker writes the rest, and until it does a
+    listing may miss the newest clicks. Entries stay in the stream: the worker acknowledges
+    and deletes them, and its own insert of the same clicks does nothing.
     """
-    if not cache.enabled or cache.breaker.is_open:
+    if not cache.enabled or cache.breaker.is_open or limit <= 0:
         return 0
     written = 0
+    read = 0
     start = "-"
-    while True:
+    while read < limit:
+        count = min(DRAIN_PAGE, limit - read)
         try:
-            entries = cache.call(lambda r, s=start: r.xrange(cache.stream, min=s, count=DRAIN_PAGE))
+            entries = cache.call(lambda r, s=start, n=count: r.xrange(cache.stream, min=s, count=n))
         except Unavailable:
             return written
         if not entries:
-            return written
+            break
+        read += len(entries)
         written += write_rows(db, (row_from_fields(f) for _, f in entries))
-        if len(entries) < DRAIN_PAGE:
+        if len(entries) < count:
             break
         start = "(" + entries[-1][0]
     if written:

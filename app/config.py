@@ -100,6 +100,22 @@ class Settings(BaseSettings):
             raise ValueError("no limit given")
         return value
 
+    # Safe input: the URL policy and the caps on hostile input (app/urlpolicy.py, app/errors.py,
+    # app/api/params.py; docs/configuration.md, "Safe input").
+    # A file of blocked domains, one a line, "#" comments; read once at start. Empty: none.
+    url_blocklist_file: str = ""
+    # More names of this service, comma-separated, besides public_base_url's host: links to
+    # them would loop.
+    own_hostnames: str = ""
+    json_max_depth: int = Field(32, ge=2, le=500)
+    event_details_max_bytes: int = Field(16 * 1024, ge=256)
+    # OFFSET reads and drops every row before the page: past this, paging is refused (400).
+    paging_max_offset: int = Field(1_000_000, ge=1000)
+    # Queued clicks GET /events writes itself before listing; the click worker does the rest.
+    events_drain_max: int = Field(5000, ge=0)
+    # How far above the largest id a bulk-imported row's id may be.
+    bulk_id_headroom: int = Field(1_000_000, ge=1)
+
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:

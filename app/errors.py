@@ -7,7 +7,7 @@ import logging
 from typing import Any, TypeVar
 
 import psycopg2
-from flask import Flask, Response, jsonify, request
+from flask import Flask, Response, current_app, jsonify, request
 from pydantic import BaseModel, ValidationError
 from werkzeug.exceptions import HTTPException
 
@@ -37,17 +37,56 @@ def error_response(status: int, message: str, details: dict[str, str] | None = N
 
 
 def json_object() -> dict[str, Any]:
-    """The request body as a JSON object, or a 400 that says what is wrong with it."""
+    """The request body as a JSON object, or a 400 that says what is wrong with it.
+
+    JSON is UTF-8 (RFC 8259): another declared charset is refused rather than guessed, and
+    bytes are decoded as UTF-8 only (json.loads would also take UTF-16 and UTF-32).
+    """
     if not request.is_json:
         raise ApiError(400, "Request body must be a JSON object sent as application/json")
+    charset = request.mimetype_params.get("charset", "utf-8").strip().lower()
+    if charset not in ("utf-8", "utf8"):
+        raise ApiError(400, "A JSON body must be UTF-8", {"Content-Type": f"charset {charset[:40]!r} is not UTF-8"})
     raw = request.get_data(cache=False)
+    max_depth = current_app.extensions["shortener"].settings.json_max_depth
     try:
-        body = json.loads(raw)
+        body = json.loads(raw.decode("utf-8"))
+    except RecursionError as exc:
+        # The parser's own recursion limit (about 1000 levels): far past the cap anyway.
+        raise _too_deep(max_depth) from exc
     except (ValueError, UnicodeDecodeError) as exc:
         raise ApiError(400, "Request body is not valid JSON") from exc
     if not isinstance(body, dict):
         raise ApiError(400, "Request body must be a JSON object")
+    if json_depth(body, max_depth) > max_depth:
+        raise _too_deep(max_depth)
     return body
+
+
+def json_depth(value: Any, stop_after: int) -> int:
+    """How deeply arrays and objects nest in ``value`` (a scalar is 0, ``{}`` is 1), counted
+    without recursion; stops looking once ``stop_after`` is passed."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            item = item.values()
+        elif not isinstance(item, list):
+            continue
+        depth += 1
+        deepest = max(deepest, depth)
+        if deepest > stop_after:
+            break
+        stack.extend((child, depth) for child in item)
+    return deepest
+
+
+def _too_deep(max_depth: int) -> ApiError:
+    # 422: the body is JSON and an object, but not one the service will process (the
+    # recursive validators and PostgreSQL's jsonb would otherwise meet the nesting).
+    reason = f"nested deeper than {max_depth} levels"
+    return ApiError(422, f"Request body is {reason}", {"body": reason})
 
 
 def validate(model: type[M], body: dict[str, Any]) -> M:

@@ -7,14 +7,17 @@ belongs are all validation errors (422). The same models produce /openapi.json.
 
 from __future__ import annotations
 
-import ipaddress
+import json
 import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from email_validator import EmailNotValidError, validate_email
+from flask import current_app, has_app_context
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+
+from app import urlpolicy
 
 MAX_URL_LENGTH = 2048
 CODE_PATTERN = r"^[A-Za-z0-9_-]{3,32}$"
@@ -41,7 +44,6 @@ RESERVED_CODES = frozenset(
         "nginx_status",
     }
 )
-_HOST_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
 
 
 def storable(value: str) -> str:
@@ -65,6 +67,23 @@ def _storable_json(value: Any) -> Any:
     elif isinstance(value, list):
         for item in value:
             _storable_json(item)
+    return value
+
+
+DEFAULT_DETAILS_MAX_BYTES = 16 * 1024
+
+
+def _bounded_details(value: dict[str, Any]) -> dict[str, Any]:
+    """An event's details are served back in every listing: their size is capped (the
+    setting event_details_max_bytes; counted as compact UTF-8 JSON, as the client sent it)."""
+    limit = (
+        current_app.extensions["shortener"].settings.event_details_max_bytes
+        if has_app_context()
+        else DEFAULT_DETAILS_MAX_BYTES
+    )
+    size = len(json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "surrogatepass"))
+    if size > limit:
+        raise ValueError(f"must be at most {limit} bytes as JSON (is {size})")
     return value
 
 
@@ -100,28 +119,9 @@ def _http_url(value: str) -> str:
         raise ValueError("must be an http or https URL")
     if not host:
         raise ValueError("must have a host")
-    if not _valid_host(host):
-        raise ValueError("must have a valid host name")
+    # Addresses, local names, loops, blocked and look-alike domains: app/urlpolicy.py.
+    urlpolicy.current().check(parts)
     return value
-
-
-def _valid_host(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-        return True
-    except ValueError:
-        pass
-    if host == "localhost":
-        return True
-    labels = host.rstrip(".").split(".")
-    # A single word ("http://intranet") is not a link anyone else can follow.
-    if len(labels) < 2:
-        return False
-    try:
-        labels = [label.encode("idna").decode("ascii") for label in labels]
-    except UnicodeError:
-        return False
-    return all(_HOST_LABEL.match(label) for label in labels) and not labels[-1].isdigit()
 
 
 def _code(value: str) -> str:
@@ -175,7 +175,7 @@ class EventIn(Strict):
     event_type: Annotated[Text, Field(max_length=50), AfterValidator(_not_blank)]
     url_id: Id | None = None
     user_id: Id | None = None
-    details: Annotated[dict[str, Any], AfterValidator(_storable_json)] | None = None
+    details: Annotated[dict[str, Any], AfterValidator(_storable_json), AfterValidator(_bounded_details)] | None = None
 
 
 # --- responses (documentation of /openapi.json and the shape the API returns) -------------

@@ -51,6 +51,8 @@ WHERE NOT EXISTS (SELECT 1 FROM users WHERE lower(email) = lower(%(email)s))
 
 EMAIL_OWNER = "SELECT id FROM users WHERE lower(email) = lower(%s)"
 
+MAX_USER_ID = "SELECT COALESCE(max(id), 0) AS max_id FROM users"
+
 # --- urls --------------------------------------------------------------------------------
 URL_COLUMNS = "id, user_id, short_code, original_url, title, is_active, redirect_type, created_at, updated_at"
 
@@ -112,16 +114,42 @@ VALUES (%(url_id)s, %(user_id)s, %(event_type)s, %(details)s)
 RETURNING {EVENT_COLUMNS}
 """
 
-LIST_EVENTS = f"""
+_EVENT_FILTERS = {
+    "url_id": "(%(url_id)s::bigint IS NULL OR url_id = %(url_id)s)",
+    "user_id": "(%(user_id)s::bigint IS NULL OR user_id = %(user_id)s)",
+    "event_type": "(%(event_type)s::text IS NULL OR event_type = %(event_type)s)",
+}
+
+
+def _list_events(leading: str | None) -> str:
+    """A page of events, one statement per leading filter (app/api/events.py picks it).
+
+    With a filter, "ORDER BY id" let the planner walk the primary key and drop what does not
+    match, guessing matches are spread evenly; when they are all recent (a link that just went
+    viral) that read the whole table for one page. The leading filter is therefore written as
+    a range (an equality would make the planner drop its column from the ORDER BY again) and
+    the order is (column, id), the same order under the filter, which only the (column, id)
+    index of migration 0003 gives: one page reads offset + limit index entries.
+    """
+    where = [
+        f"{column} BETWEEN %({column})s AND %({column})s" if column == leading else condition
+        for column, condition in _EVENT_FILTERS.items()
+    ]
+    # A user's key sees the events of its links and the events about itself.
+    where.append(
+        "(%(owner_id)s::bigint IS NULL OR user_id = %(owner_id)s"
+        " OR url_id IN (SELECT id FROM urls WHERE user_id = %(owner_id)s))"
+    )
+    order = f"{leading}, id" if leading else "id"
+    return f"""
 SELECT {EVENT_COLUMNS} FROM events
-WHERE (%(event_type)s::text IS NULL OR event_type = %(event_type)s)
-  AND (%(url_id)s::bigint IS NULL OR url_id = %(url_id)s)
-  AND (%(user_id)s::bigint IS NULL OR user_id = %(user_id)s)
-  -- A user's key sees the events of its links and the events about itself.
-  AND (%(owner_id)s::bigint IS NULL OR user_id = %(owner_id)s
-       OR url_id IN (SELECT id FROM urls WHERE user_id = %(owner_id)s))
-ORDER BY id LIMIT %(limit)s OFFSET %(offset)s
+WHERE {" AND ".join(where)}
+ORDER BY {order} LIMIT %(limit)s OFFSET %(offset)s
 """
+
+
+LIST_EVENTS = _list_events(None)
+LIST_EVENTS_BY = {column: _list_events(column) for column in _EVENT_FILTERS}
 
 # Clicks arrive in batches as one JSON array. A click whose link or user vanished meanwhile
 # keeps its row with a null reference rather than failing the whole batch. The click id makes
@@ -159,10 +187,15 @@ ON CONFLICT DO NOTHING
 """
 
 # Moves each id sequence past the largest id, so that the next insert does not collide.
+# Only ids below 2^53 count: a row that got past the import's guard (an id loaded by hand
+# near 2^63) must not move a sequence next to its end, where every later insert fails.
 RESET_SEQUENCES = """
-SELECT setval(pg_get_serial_sequence('users', 'id'), COALESCE((SELECT max(id) FROM users), 0) + 1, false),
-       setval(pg_get_serial_sequence('urls', 'id'), COALESCE((SELECT max(id) FROM urls), 0) + 1, false),
-       setval(pg_get_serial_sequence('events', 'id'), COALESCE((SELECT max(id) FROM events), 0) + 1, false)
+SELECT setval(pg_get_serial_sequence('users', 'id'),
+              COALESCE((SELECT max(id) FROM users WHERE id < 9007199254740992), 0) + 1, false),
+       setval(pg_get_serial_sequence('urls', 'id'),
+              COALESCE((SELECT max(id) FROM urls WHERE id < 9007199254740992), 0) + 1, false),
+       setval(pg_get_serial_sequence('events', 'id'),
+              COALESCE((SELECT max(id) FROM events WHERE id < 9007199254740992), 0) + 1, false)
 """
 
 # --- migrations --------------------------------------------------------------------------

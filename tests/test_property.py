@@ -167,7 +167,7 @@ FIELDS = {
 
 emails = st.builds("u{}@example.com".format, st.integers(0, 10**9))
 urls = st.builds("https://example.com/{}".format, texts(max_size=20)) | st.sampled_from(
-    ["http://a.bc", "https://xn--bcher-kva.example/p?q=1#f", "http://127.0.0.1:8080/x", "https://localhost/"]
+    ["http://a.bc", "https://xn--bcher-kva.example/p?q=1#f", "http://93.184.215.14:8080/x", "https://пример.рф/"]
 )
 json_objects = st.dictionaries(texts(max_size=10), json_values, max_size=4)
 VALID = {

@@ -73,9 +73,9 @@ def test_click_fields_round_trip_into_a_row():
     "value",
     [
         "https://example.com",
-        "http://localhost:8080/x",
-        "https://10.0.0.1/a",
-        "https://[2001:db8::1]/",
+        "http://example.com:8080/x",
+        "https://93.184.215.14/a",
+        "https://[2606:4700::1111]/",
         "https://sub.domain.example.co.uk/path?q=1",
         "HTTPS://EXAMPLE.COM",
         "https://b\u00fccher.example/",

@@ -8,6 +8,8 @@ from app.errors import ApiError
 from app.schemas import storable
 from app.services import services
 
+# PostgreSQL's bigint: a larger id or paging value would fail in the database instead.
+MAX_BIGINT = 2**63 - 1
 _TRUE = {"true", "1"}
 _FALSE = {"false", "0"}
 
@@ -22,6 +24,8 @@ def int_param(name: str, minimum: int = 1) -> int | None:
     value = int(raw)
     if value < minimum:
         raise ApiError(400, f"Query parameter '{name}' must be at least {minimum}", {name: "too small"})
+    if value > MAX_BIGINT:
+        raise ApiError(400, f"Query parameter '{name}' must be at most {MAX_BIGINT}", {name: "too large"})
     return value
 
 
@@ -53,7 +57,9 @@ def paging() -> tuple[int, int]:
     """(limit, offset). Without paging parameters: the first ``list_default_limit`` rows.
 
     ``per_page`` above the maximum is lowered to it rather than refused: a client asking for
-    "everything" still gets a useful answer, and can page for the rest.
+    "everything" still gets a useful answer, and can page for the rest. A page that starts past
+    ``paging_max_offset`` rows is refused: OFFSET reads every row it skips, so a huge page
+    number would make one request scan the whole table (and overflow bigint further on).
     """
     settings = services().settings
     page = int_param("page")
@@ -62,4 +68,11 @@ def paging() -> tuple[int, int]:
         return settings.list_default_limit, 0
     per_page = min(per_page or settings.per_page_default, settings.per_page_max)
     page = page or 1
-    return per_page, (page - 1) * per_page
+    offset = (page - 1) * per_page
+    if offset > settings.paging_max_offset:
+        raise ApiError(
+            400,
+            f"Page too far: paging reaches the first {settings.paging_max_offset + per_page} rows; use filters",
+            {"page": f"at most {settings.paging_max_offset // per_page + 1} with per_page={per_page}"},
+        )
+    return per_page, offset

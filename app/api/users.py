@@ -101,6 +101,17 @@ def _parse_created_at(value: str | None) -> datetime | None:
         return None
 
 
+# Ids a client can use everywhere: JavaScript's numbers hold integers exactly up to 2^53.
+SAFE_ID_MAX = 2**53 - 1
+
+
+def _bulk_id_limit(cur: Any) -> int:
+    """The largest id an imported row may take: head room above today's largest, so that one
+    row cannot move the id sequence out of reach (RESET_SEQUENCES follows the largest id)."""
+    cur.execute(sql.MAX_USER_ID)
+    return min(cur.fetchone()["max_id"] + services().settings.bulk_id_headroom, SAFE_ID_MAX)
+
+
 @bp.post("/users/bulk")
 def bulk_users() -> Response:
     upload = request.files.get("file")
@@ -127,6 +138,7 @@ def bulk_users() -> Response:
     invalid: dict[str, str] = {}
     db = services().db
     with db.transaction() as cur:
+        id_limit = _bulk_id_limit(cur)
         for number, row in enumerate(rows, start=2):
             try:
                 user = UserIn.model_validate(
@@ -141,7 +153,12 @@ def bulk_users() -> Response:
                 "email": user.email,
                 "created_at": _parse_created_at(row.get("created_at")),
             }
-            if raw_id.isdigit() and 0 < int(raw_id) < 2**63:
+            # isascii: "²".isdigit() is true and int("²") fails; a long one never gets to int().
+            has_id = raw_id.isascii() and raw_id.isdigit()
+            if has_id and (len(raw_id) > 19 or int(raw_id) > id_limit):
+                invalid[f"line {number}"] = f"id above {id_limit}, too far past the largest id"
+                continue
+            if has_id and int(raw_id) > 0:
                 cur.execute(sql.EMAIL_OWNER, (user.email,))
                 owner = cur.fetchone()
                 if owner is None or owner["id"] == int(raw_id):
