@@ -70,7 +70,8 @@ up: venv ## deploy the whole stack to a local lab host and print where it answer
 	echo "try it:"
 	echo "  curl -s -X POST http://$(LAB_ADDR)/urls -H 'Content-Type: application/json' -d '{\"original_url\": \"https://www.debian.org/\"}'"
 	echo "  curl -si http://$(LAB_ADDR)/<short_code>   # 302 to the original URL"
-	echo "logs in a browser: http://$(LAB_ADDR):8080/logs/  (user operator, password in ansible/.secrets/journal_gateway_password)"
+	echo "HTTPS too: curl --cacert ansible/.secrets/lab_ca/ca.crt https://$(LAB_ADDR)/health"
+	echo "logs in a browser: https://$(LAB_ADDR):8443/logs/  (lab CA: ansible/.secrets/lab_ca/ca.crt; user operator, password in ansible/.secrets/journal_gateway_password)"
 	echo "pages sent to the lab's Discord sink: python3 lab/lab.py ssh lab-aio curl -s 127.0.0.1:9095/messages"
 	echo "shell on the host: python3 lab/lab.py shell lab-aio;  remove it: make down"
 

@@ -46,6 +46,12 @@ preload_app = True
 graceful_timeout = _settings.graceful_timeout
 timeout = 30
 keepalive = 75  # longer than Nginx's upstream keepalive_timeout, so Nginx closes first
+# Gunicorn answers a request line, header or header count over its limits with an HTML page
+# of its own. Nginx's limits (nginx_large_client_header_buffers, 4k per line) sit well below
+# these, so whatever Nginx passes on is accepted here and every refusal is Nginx's JSON one.
+limit_request_line = 8190  # Gunicorn's maximum
+limit_request_fields = 32768  # Gunicorn's maximum; Nginx bounds the head's size instead
+limit_request_field_size = 8190
 # Recycle workers now and then, with jitter so that they never all restart together.
 max_requests = _settings.max_requests
 max_requests_jitter = max(1, _settings.max_requests // 10)

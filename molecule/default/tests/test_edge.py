@@ -1,0 +1,319 @@
+"""Verify the edge of the deployed host: JSON for every error Nginx or Gunicorn would make
+itself, abuse limits per client address, HTTPS with the lab CA, what answers from outside.
+
+Runs in Molecule's verify step (testinfra over Molecule's Ansible inventory), from the machine
+running Molecule to the host's address on the lab bridge, the way a client would. Hostile
+requests go through raw sockets: `requests` would normalise them into harmless ones.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import ssl
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import requests
+import testinfra.utils.ansible_runner
+
+testinfra_hosts = testinfra.utils.ansible_runner.AnsibleRunner(os.environ["MOLECULE_INVENTORY_FILE"]).get_hosts("lb")
+
+ROOT = Path(__file__).resolve().parents[3]
+LAB_CA = ROOT / "ansible" / ".secrets" / "lab_ca" / "ca.crt"
+CONSOLE_PORT = 8443
+# The nginx role's defaults (anonymous creation: 1 r/s, burst 10).
+CREATE_BURST = 10
+CREATE_RATE = 1.0
+
+
+@pytest.fixture(scope="module")
+def address(host) -> str:
+    return host.ansible.get_variables()["ansible_host"]
+
+
+@pytest.fixture(scope="module")
+def ca() -> str:
+    if not LAB_CA.exists():
+        pytest.skip(f"{LAB_CA} not found: this inventory does not use the lab CA")
+    return str(LAB_CA)
+
+
+class Answer:
+    def __init__(self, raw: bytes) -> None:
+        self.raw = raw
+        head, _, self.body = raw.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        parts = lines[0].split(" ", 2)
+        assert parts[0].startswith("HTTP/"), f"not an HTTP answer: {raw[:200]!r}"
+        self.status = int(parts[1])
+        self.headers = {}
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
+            self.headers[name.strip().lower()] = value.strip()
+
+    def json(self) -> dict:
+        assert self.headers.get("content-type", "").startswith("application/json"), self.raw[:400]
+        return json.loads(self.body)
+
+
+def send_raw(address: str, data: bytes, port: int = 80, wait: float = 15) -> bytes:
+    """Sends bytes as they are and reads until Nginx closes the connection (or `wait` passes)."""
+    with socket.create_connection((address, port), timeout=wait) as sock:
+        sock.sendall(data)
+        chunks = []
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            try:
+                chunk = sock.recv(65536)
+            except (TimeoutError, ConnectionResetError):
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+            raw = b"".join(chunks)
+            head, sep, body = raw.partition(b"\r\n\r\n")
+            length = [h for h in head.split(b"\r\n") if h.lower().startswith(b"content-length:")]
+            if sep and length and len(body) >= int(length[0].split(b":")[1]):
+                break
+        return b"".join(chunks)
+
+
+def request(line: str, *headers: str, body: bytes = b"") -> bytes:
+    return ("\r\n".join([line, *headers]) + "\r\n\r\n").encode("latin-1") + body
+
+
+HOSTILE = {
+    "nul in the path": (request("GET /%00 HTTP/1.1", "Host: x", "Connection: close"), {400}),
+    "connect": (request("CONNECT example.com:443 HTTP/1.1", "Host: example.com:443"), {400, 405}),
+    "connect to a path": (request("CONNECT / HTTP/1.1", "Host: x", "Connection: close"), {405}),
+    "unknown method": (request("FOO / HTTP/1.1", "Host: x", "Connection: close"), {405}),
+    "two-letter method": (request("AB /health HTTP/1.1", "Host: x", "Connection: close"), {405}),
+    "long method": (request("X" * 40 + " /health HTTP/1.1", "Host: x", "Connection: close"), {405}),
+    "lower-case method": (request("get /health HTTP/1.1", "Host: x", "Connection: close"), {400}),
+    "9,000-character path": (request(f"GET /{'a' * 9000} HTTP/1.1", "Host: x", "Connection: close"), {414}),
+    "5,000-character path": (request(f"GET /{'a' * 5000} HTTP/1.1", "Host: x", "Connection: close"), {414}),
+    "garbage request line": (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n", {400}),
+    "no version": (request("GET / HTTP/9.9", "Host: x"), {400, 505}),
+    "no host": (request("GET /health HTTP/1.1", "Connection: close"), {400}),
+    "bad content-length": (
+        request("POST /urls HTTP/1.1", "Host: x", "Content-Length: abc", "Connection: close"),
+        {400},
+    ),
+    "two content-lengths": (
+        request("POST /urls HTTP/1.1", "Host: x", "Content-Length: 1", "Content-Length: 2", "Connection: close"),
+        {400},
+    ),
+    "unknown transfer-encoding": (
+        request("POST /urls HTTP/1.1", "Host: x", "Transfer-Encoding: gzip", "Connection: close"),
+        {400, 501},
+    ),
+    "one huge header": (
+        request("GET /health HTTP/1.1", "Host: x", f"X-Big: {'b' * 10000}", "Connection: close"),
+        {431},
+    ),
+    "header flood": (
+        request("GET /health HTTP/1.1", "Host: x", *(f"X-Flood-{i}: {'f' * 20}" for i in range(2000))),
+        {431},
+    ),
+    "folded header": (request("GET /health HTTP/1.1", "Host: x", "X-A: 1", " folded", "Connection: close"), {400}),
+    "body too large": (
+        request("POST /urls HTTP/1.1", "Host: x", "Content-Type: application/json", "Content-Length: 50000000"),
+        {413},
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE))
+def test_hostile_request_gets_a_json_error(address, name):
+    data, statuses = HOSTILE[name]
+    answer = Answer(send_raw(address, data))
+    assert answer.status in statuses, (name, answer.raw[:300])
+    assert 400 <= answer.status < 600
+    assert "error" in answer.json(), name
+    assert answer.headers.get("x-content-type-options") == "nosniff"
+
+
+def test_what_nginx_passes_on_gunicorn_accepts(address):
+    """Below Nginx's limits, Gunicorn answers through the app (JSON), never with its own page:
+    a 3,000-character path, 300 headers, a long X-Forwarded-For."""
+    forwarded = f"X-Forwarded-For: {'1.2.3.4, ' * 400}5.6.7.8"
+    for data, status in (
+        (request(f"GET /{'a' * 3000} HTTP/1.1", "Host: x", "Connection: close"), 404),
+        (request("GET /health HTTP/1.1", "Host: x", *(f"X-H{i}: v" for i in range(300)), "Connection: close"), 200),
+        (request("GET /health HTTP/1.1", "Host: x", forwarded, "Connection: close"), 200),
+    ):
+        answer = Answer(send_raw(address, data))
+        assert answer.status == status, answer.raw[:300]
+        answer.json()
+
+
+def test_plain_http_on_the_https_port_is_json(address):
+    answer = Answer(send_raw(address, request("GET /health HTTP/1.1", "Host: x", "Connection: close"), port=443))
+    assert answer.status == 400
+    assert "HTTPS" in answer.json()["error"]
+
+
+def test_stalled_body_is_dropped_without_html(address):
+    """A body that stops coming: after client_body_timeout, 408 JSON (or a closed connection)."""
+    data = request("POST /urls HTTP/1.1", "Host: x", "Content-Type: application/json", "Content-Length: 100")
+    raw = send_raw(address, data + b'{"original_url": ', wait=25)
+    if raw:
+        answer = Answer(raw)
+        assert answer.status == 408
+        answer.json()
+
+
+def test_stalled_head_is_dropped_without_html(address):
+    """A head that never ends (slowloris): closed after client_header_timeout, no HTML page."""
+    started = time.monotonic()
+    raw = send_raw(address, b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: 1\r\n", wait=25)
+    assert time.monotonic() - started < 20, "the connection stayed open"
+    assert b"<html" not in raw.lower()
+
+
+def test_security_headers(address, ca):
+    for response in (
+        requests.get(f"http://{address}/health", timeout=5),
+        requests.get(f"https://{address}/no-such-code", timeout=5, verify=ca),
+        requests.get(f"http://{address}/nginx_status", timeout=5),
+    ):
+        assert response.headers["X-Content-Type-Options"] == "nosniff"
+        assert response.headers["Referrer-Policy"] == "no-referrer"
+        assert response.headers["X-Frame-Options"] == "DENY"
+        assert "frame-ancestors 'none'" in response.headers["Content-Security-Policy"]
+    page = requests.get(f"http://{address}/", timeout=5)
+    assert page.status_code == 200 and page.headers["Content-Type"].startswith("text/html")
+    # The page's own policy (its style by hash) and no second one from Nginx.
+    assert "style-src 'sha256-" in page.headers["Content-Security-Policy"]
+    assert page.raw.headers.getlist("Content-Security-Policy") == [page.headers["Content-Security-Policy"]]
+
+
+def test_creation_burst_is_limited_while_visitors_are_not(address):
+    base = f"http://{address}"
+    visitor_link = requests.post(f"{base}/urls", json={"original_url": "https://example.com/visitor"}, timeout=5)
+    if visitor_link.status_code == 429:  # an earlier test's creations: the bucket refills at 1/s
+        time.sleep(CREATE_BURST / CREATE_RATE)
+        visitor_link = requests.post(f"{base}/urls", json={"original_url": "https://example.com/visitor"}, timeout=5)
+    assert visitor_link.status_code == 201, visitor_link.text
+    code = visitor_link.json()["short_code"]
+
+    visits: list[int] = []
+    stop = threading.Event()
+
+    def visitor() -> None:
+        with requests.Session() as session:
+            while not stop.is_set():
+                started = time.monotonic()
+                visits.append(session.get(f"{base}/{code}", allow_redirects=False, timeout=5).status_code)
+                stop.wait(max(0.0, 0.05 - (time.monotonic() - started)))  # 20 a second
+
+    thread = threading.Thread(target=visitor)
+    thread.start()
+    try:
+        tag = uuid.uuid4().hex[:8]
+        started = time.monotonic()
+        with requests.Session() as session:
+            answers = [
+                session.post(f"{base}/urls", json={"original_url": f"https://example.com/{tag}/{i}"}, timeout=5)
+                for i in range(40)
+            ]
+        elapsed = time.monotonic() - started
+        time.sleep(1)
+    finally:
+        stop.set()
+        thread.join()
+
+    created = [a for a in answers if a.status_code == 201]
+    limited = [a for a in answers if a.status_code == 429]
+    assert len(created) + len(limited) == len(answers), {a.status_code for a in answers}
+    assert created, "not one creation passed"
+    assert len(created) <= CREATE_BURST + 1 + elapsed * CREATE_RATE + 1
+    assert limited, "40 creations in a row were never limited"
+    for answer in limited:
+        assert answer.json() == {"error": "Too many requests"}
+        assert int(answer.headers["Retry-After"]) >= 1
+    assert len(visits) >= 10
+    assert set(visits) == {302}, f"a visitor was limited: {sorted(set(visits))}"
+    # Leave the bucket full for the tests after this one.
+    time.sleep(CREATE_BURST / CREATE_RATE)
+
+
+def test_https_with_the_lab_certificate(address, ca):
+    response = requests.get(f"https://{address}/health", timeout=5, verify=ca)
+    assert response.status_code == 200 and response.json()["database"] == "ok"
+    # HTTP/2 offered, TLS 1.2 at the least, no session tickets.
+    context = ssl.create_default_context(cafile=ca)
+    context.set_alpn_protocols(["h2", "http/1.1"])
+    with (
+        socket.create_connection((address, 443), timeout=5) as raw,
+        context.wrap_socket(raw, server_hostname=address) as tls,
+    ):
+        assert tls.selected_alpn_protocol() == "h2"
+        assert tls.version() in ("TLSv1.2", "TLSv1.3")
+    old = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    old.load_verify_locations(ca)
+    old.minimum_version = old.maximum_version = ssl.TLSVersion.TLSv1_2
+    old.options |= ssl.OP_NO_TICKET
+    with (
+        socket.create_connection((address, 443), timeout=5) as raw,
+        old.wrap_socket(raw, server_hostname=address) as tls,
+    ):
+        assert tls.version() == "TLSv1.2"
+    with pytest.raises(requests.exceptions.SSLError):
+        requests.get(f"https://{address}/health", timeout=5, verify=True)  # the system's CAs: not ours
+
+
+def test_only_ssh_http_https_and_the_console_answer_from_outside(address):
+    def is_open(port: int) -> bool:
+        try:
+            with socket.create_connection((address, port), timeout=2):
+                return True
+        except OSError:
+            return False
+
+    candidates = (22, 80, 443, 8080, 8443, 5432, 6432, 6379, 8001, 8002, 8003, 9090, 9093, 9095, 9100, 9101)
+    candidates += (9113, 9115, 9121, 9127, 9187, 19531, 19532)
+    # The console's port is open here because this machine is on the lab bridge, the lab's admin network.
+    assert [port for port in candidates if is_open(port)] == [22, 80, 443, CONSOLE_PORT]
+
+
+def test_console_is_https_only_and_for_the_admin_network(host, address, ca):
+    # Plain HTTP on the console's port: sent to HTTPS before any password is asked.
+    plain = request("GET /logs/ HTTP/1.1", "Host: x", "Connection: close")
+    answer = Answer(send_raw(address, plain, port=CONSOLE_PORT))
+    assert answer.status == 308 and answer.headers["location"].startswith("https://")
+    assert requests.get(f"https://{address}:{CONSOLE_PORT}/logs/", timeout=5, verify=ca).status_code == 401
+    # From an address outside the allow-list (one added to the host's loopback for the test,
+    # which the firewall lets through as local traffic): Nginx refuses it.
+    outsider = "192.0.2.77"
+    host.run_expect([0], f"ip addr add {outsider}/32 dev lo")
+    try:
+        status = host.check_output(
+            f"curl -sk --interface {outsider} -o /dev/null -w '%{{http_code}}' https://{address}:{CONSOLE_PORT}/logs/"
+        )
+    finally:
+        host.run(f"ip addr del {outsider}/32 dev lo")
+    assert status == "403"
+    rules = host.check_output("nft list table inet common_filter")
+    assert f"tcp dport {CONSOLE_PORT} accept" in rules and "10.213.0.0/24" in rules
+    assert "8080" not in rules
+
+
+def test_metrics_through_nginx_only_for_monitoring(host, address):
+    response = requests.get(f"http://{address}/metrics", timeout=5)
+    assert response.status_code == 404 and response.json() == {"error": "Not found"}
+    # From the host itself (loopback: the monitoring host of the all-in-one lab).
+    assert "shortener_" in host.check_output("curl -sf http://127.0.0.1/metrics")
+
+
+def test_limited_requests_are_in_the_access_log(host):
+    """Nginx's 429s are in the journal (JSON access log), where the console reads them."""
+    count = host.check_output(
+        "journalctl -q -t nginx_access --since '-10min' -o cat | grep -c '\"status\":429' || true"
+    )
+    assert int(count or 0) > 0, "no 429 in the access log of the last 10 minutes"
