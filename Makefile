@@ -104,13 +104,13 @@ openloop: venv ## hey: latency at fixed offered redirect rates over 1000 open co
 
 dev: venv ## run the service locally (Flask dev server) against private PostgreSQL and Redis
 	eval "$$($(PY) -m tests.services up)"
-	export SHORTENER_BIND=$${SHORTENER_BIND:-127.0.0.1:8000} SHORTENER_LOG_LEVEL=$${SHORTENER_LOG_LEVEL:-INFO}
+	export SHORTENER_BIND=$${SHORTENER_BIND:-127.0.0.1:8000} SHORTENER_LOG_LEVEL=$${SHORTENER_LOG_LEVEL:-INFO} SHORTENER_ACCESS_PROFILE=open
 	echo "serving on http://$$SHORTENER_BIND/ (stop with Ctrl-C; 'python -m tests.services down' stops the databases)"
 	$(PY) -m app
 
 seed: venv ## load ../shared/seed into the `make dev` database
 	eval "$$($(PY) -m tests.services up)"
-	$(PY) -m app.seed $(ROOT)/../shared/seed
+	SHORTENER_ACCESS_PROFILE=open $(PY) -m app.seed $(ROOT)/../shared/seed
 
 clean: ## stop the test databases and remove local state
 	[ -x $(PY) ] && $(PY) -m tests.services down || true

@@ -4,26 +4,17 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
 
-from flask import Flask, Response, current_app, g, request
+from flask import Flask, Response, g, request
 
-from app import errors, logs, metrics
+from app import access, errors, limits, logs, metrics
+from app.addresses import Networks
 from app.cache import Cache, CircuitBreaker
 from app.config import Settings, get_settings
+from app.converters import IdConverter
 from app.db import Database
 from app.logs import configure_logging
-
-
-@dataclass
-class Services:
-    settings: Settings
-    db: Database
-    cache: Cache
-
-
-def services() -> Services:
-    return current_app.extensions["shortener"]
+from app.services import Services
 
 
 def create_app(settings: Settings | None = None) -> Flask:
@@ -50,7 +41,9 @@ def create_app(settings: Settings | None = None) -> Flask:
         tombstone_ttl=settings.cache_tombstone_seconds,
         stream=settings.click_stream,
     )
-    app.extensions["shortener"] = Services(settings, db, cache)
+    app.extensions["shortener"] = Services(
+        settings, db, cache, Networks(settings.trusted_proxies), Networks(settings.metrics_allow)
+    )
     metrics.worker_started(settings.db_pool_max, cache.enabled)
 
     if settings.migrate_on_start:
@@ -60,13 +53,17 @@ def create_app(settings: Settings | None = None) -> Flask:
         if applied:
             logging.getLogger(__name__).info("schema migrated", extra={"applied": applied})
 
-    from app.api import events, health, redirect, urls, users, web
+    app.url_map.converters["id"] = IdConverter
+    from app.api import events, health, keys, redirect, urls, users, web
     from app.openapi import bp as openapi_bp
 
-    for blueprint in (users.bp, urls.bp, events.bp, health.bp, metrics.bp, openapi_bp, web.bp, redirect.bp):
+    for blueprint in (users.bp, urls.bp, events.bp, keys.bp, health.bp, metrics.bp, openapi_bp, web.bp, redirect.bp):
         app.register_blueprint(blueprint)
     errors.register(app)
+    # Hook order matters: request id first, then who is calling, then that caller's limits.
     _instrument(app)
+    access.register(app)
+    limits.init(app, settings)
     # Cached redirects skip Flask altogether (app/fastpath.py); everything else passes through.
     from app.fastpath import FastRedirect
 
@@ -92,6 +89,6 @@ def _instrument(app: Flask) -> None:
             request.path,
             response.status_code,
             elapsed,
-            request.headers.get("X-Real-IP", request.remote_addr),
+            access.address(),
         )
         return response

@@ -9,7 +9,8 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Literal
 
-from pydantic import Field
+from limits import parse_many
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -47,6 +48,27 @@ class Settings(BaseSettings):
     access_log: Literal["all", "errors", "off"] = "all"
     migrate_on_start: bool = True
 
+    # Access (docs/architecture.md, "Access"). "keys" unless told otherwise: a deployment
+    # that forgets the setting is closed, not open. "open" is the contract without credentials
+    # (make dev, the contract tests, the evaluator).
+    access_profile: Literal["open", "keys"] = "keys"
+    # In the keys profile, POST /urls without a key and without user_id makes a link that
+    # belongs to nobody (and the web page's form works). False: a key is needed for every link.
+    anonymous_create: bool = True
+    # Comma-separated CIDRs. /metrics answers these addresses (and admin keys) in the keys profile.
+    metrics_allow: str = "127.0.0.0/8,::1"
+    # Comma-separated CIDRs of the proxies whose X-Real-IP names the client (Nginx on the host).
+    trusted_proxies: str = "127.0.0.0/8,::1"
+
+    # Rate limits in the keys profile, in the notation of the `limits` library ("N/period",
+    # several separated by ";"), counted per API key, or per client address without one.
+    rate_limit_read: str = "50/second;1500/minute"
+    rate_limit_write: str = "10/second;300/minute"
+    rate_limit_create: str = "20/second;600/minute"
+    rate_limit_anonymous_create: str = "6/minute;60/hour"
+    # Admin keys get one shared budget with room for automation (make bench: ~500 links/s).
+    rate_limit_admin: str = "2000/second"
+
     # Gunicorn (app/gunicorn_conf.py).
     bind: str = "127.0.0.1:8000"
     workers: int = Field(2, ge=1)
@@ -60,6 +82,23 @@ class Settings(BaseSettings):
     clickworker_linger_ms: int = Field(200, ge=0, le=5000)
     clickworker_claim_idle_ms: int = Field(30000, ge=1000)
     clickworker_metrics_addr: str = "127.0.0.1:9101"
+
+    @field_validator("metrics_allow", "trusted_proxies")
+    @classmethod
+    def _networks(cls, value: str) -> str:
+        from app.addresses import Networks
+
+        Networks(value)  # raises ValueError naming the bad entry
+        return value
+
+    @field_validator(
+        "rate_limit_read", "rate_limit_write", "rate_limit_create", "rate_limit_anonymous_create", "rate_limit_admin"
+    )
+    @classmethod
+    def _limit(cls, value: str) -> str:
+        if not parse_many(value):
+            raise ValueError("no limit given")
+        return value
 
 
 @lru_cache(maxsize=1)

@@ -23,6 +23,7 @@ from werkzeug.http import HTTP_STATUS_CODES
 from werkzeug.urls import iri_to_uri
 
 from app import clicks, logs, metrics
+from app.addresses import client_address
 from app.cache import NEGATIVE, TOMBSTONE, CachedLink, Unavailable
 
 _PATH = re.compile(r"^/([A-Za-z0-9_-]{1,64})$")
@@ -90,6 +91,6 @@ class FastRedirect:
             environ.get("PATH_INFO", ""),
             status,
             elapsed,
-            environ.get("HTTP_X_REAL_IP", environ.get("REMOTE_ADDR")),
+            client_address(environ.get("REMOTE_ADDR"), environ.get("HTTP_X_REAL_IP"), self.services.trusted_proxies),
         )
         return [b""]

@@ -78,6 +78,13 @@ DEPENDENCY_UP = Gauge(
     ["dependency"],
     multiprocess_mode="livemin",
 )
+RATE_LIMITED = Counter(
+    "shortener_rate_limited_total",
+    "Requests refused with 429 by the service's rate limits, by kind of caller (admin, user, "
+    "anonymous), the key's prefix (empty without a key) and the limit (read, write, create, "
+    "anonymous_create, admin).",
+    ["scope", "key", "limit"],
+)
 
 
 @functools.cache
@@ -99,6 +106,10 @@ def observe_request(method: str, endpoint: str, status: int, elapsed: float) -> 
 def cache_requests(result: str) -> Counter:
     """The CACHE_REQUESTS series of one result, looked up once (see _request_series)."""
     return CACHE_REQUESTS.labels(result)
+
+
+def rate_limited(scope: str, key_prefix: str, limit: str) -> None:
+    RATE_LIMITED.labels(scope, key_prefix, limit).inc()
 
 
 def worker_started(pool_max: int, cache_enabled: bool) -> None:

@@ -256,3 +256,38 @@ def event_out(row: dict[str, Any]) -> dict[str, Any]:
         "timestamp": timestamp(row["timestamp"]),
         "details": details if isinstance(details, dict) else {},
     }
+
+
+# --- API keys (app/api/keys.py) -----------------------------------------------------------
+class KeyIn(Strict):
+    name: Annotated[Text, Field(max_length=100)] | None = None
+    user_id: Id | None = None
+    admin: StrictBool = False
+
+
+class ApiKey(BaseModel):
+    id: int
+    user_id: int | None
+    admin: bool
+    name: str
+    prefix: str
+    created_at: str
+    last_used_at: str | None
+    revoked_at: str | None
+
+
+class ApiKeyCreated(ApiKey):
+    key: str = Field(description="The key itself: shown in this answer only, never again")
+
+
+def key_out(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": row["id"],
+        "user_id": row["user_id"],
+        "admin": row["is_admin"],
+        "name": row["name"],
+        "prefix": row["prefix"],
+        "created_at": timestamp(row["created_at"]),
+        "last_used_at": timestamp(row["last_used_at"]) if row["last_used_at"] else None,
+        "revoked_at": timestamp(row["revoked_at"]) if row["revoked_at"] else None,
+    }

@@ -76,8 +76,6 @@ GET_URL = f"SELECT {URL_COLUMNS} FROM urls WHERE id = %s AND deleted_at IS NULL"
 
 GET_URL_FOR_UPDATE = f"SELECT {URL_COLUMNS} FROM urls WHERE id = %s AND deleted_at IS NULL FOR UPDATE"
 
-URL_EXISTS = "SELECT 1 FROM urls WHERE id = %s AND deleted_at IS NULL"
-
 # What a redirect needs, and nothing more.
 RESOLVE_CODE = """
 SELECT id, user_id, original_url, is_active, redirect_type FROM urls
@@ -88,6 +86,7 @@ LIST_URLS = f"""
 SELECT {URL_COLUMNS} FROM urls
 WHERE deleted_at IS NULL
   AND (%(user_id)s::bigint IS NULL OR user_id = %(user_id)s)
+  AND (%(owner_id)s::bigint IS NULL OR user_id = %(owner_id)s)
   AND (%(is_active)s::boolean IS NULL OR is_active = %(is_active)s)
 ORDER BY id LIMIT %(limit)s OFFSET %(offset)s
 """
@@ -118,6 +117,9 @@ SELECT {EVENT_COLUMNS} FROM events
 WHERE (%(event_type)s::text IS NULL OR event_type = %(event_type)s)
   AND (%(url_id)s::bigint IS NULL OR url_id = %(url_id)s)
   AND (%(user_id)s::bigint IS NULL OR user_id = %(user_id)s)
+  -- A user's key sees the events of its links and the events about itself.
+  AND (%(owner_id)s::bigint IS NULL OR user_id = %(owner_id)s
+       OR url_id IN (SELECT id FROM urls WHERE user_id = %(owner_id)s))
 ORDER BY id LIMIT %(limit)s OFFSET %(offset)s
 """
 
@@ -186,4 +188,39 @@ BEGIN
   EXECUTE format('ALTER ROLE %%I SET idle_in_transaction_session_timeout = %%L', current_user, %s);
 END
 $$
+"""
+
+# --- api keys ----------------------------------------------------------------------------
+KEY_COLUMNS = "id, user_id, is_admin, name, prefix, created_at, last_used_at, revoked_at"
+
+INSERT_KEY = f"""
+INSERT INTO api_keys (user_id, is_admin, name, prefix, key_hash)
+VALUES (%(user_id)s, %(is_admin)s, %(name)s, %(prefix)s, %(key_hash)s)
+RETURNING {KEY_COLUMNS}
+"""
+
+# Any key with this hash, revoked or not: the authentication lookup and ensure-admin.
+KEY_BY_HASH = f"SELECT {KEY_COLUMNS} FROM api_keys WHERE key_hash = %s"
+
+GET_KEY = f"SELECT {KEY_COLUMNS} FROM api_keys WHERE id = %s"
+
+KEYS_BY_PREFIX = f"SELECT {KEY_COLUMNS} FROM api_keys WHERE prefix = %s ORDER BY id"
+
+LIST_KEYS = f"""
+SELECT {KEY_COLUMNS} FROM api_keys
+WHERE (%(user_id)s::bigint IS NULL OR user_id = %(user_id)s)
+ORDER BY id LIMIT %(limit)s OFFSET %(offset)s
+"""
+
+# Idempotent: revoking twice keeps the first time.
+REVOKE_KEY = f"""
+UPDATE api_keys SET revoked_at = COALESCE(revoked_at, {NOW})
+WHERE id = %s RETURNING {KEY_COLUMNS}
+"""
+
+# The service calls this at most once a minute per key and process (app/access.py); the
+# condition keeps several processes from rewriting the same row within the minute.
+TOUCH_KEY = f"""
+UPDATE api_keys SET last_used_at = {NOW}
+WHERE id = %s AND (last_used_at IS NULL OR last_used_at < {NOW} - interval '1 minute')
 """

@@ -17,7 +17,7 @@ import psycopg2
 import pytest
 import redis as redis_lib
 
-from app import create_app
+from app import create_app, keys
 from app.config import Settings
 from tests.services import Services
 
@@ -42,6 +42,8 @@ def make_settings(stack: Services, **overrides: Any) -> Settings:
         "db_pool_timeout": 2.0,
         "breaker_reset_seconds": 0.5,
         "public_base_url": "http://sho.rt",
+        # The contract without credentials; tests of the keys profile pass access_profile="keys".
+        "access_profile": "open",
     }
     values.update(overrides)
     return Settings(**values)
@@ -58,7 +60,7 @@ def truncate(stack: Services) -> None:
     conn = psycopg2.connect(stack.direct_database_url)
     try:
         with conn, conn.cursor() as cur:
-            cur.execute("TRUNCATE events, urls, users RESTART IDENTITY CASCADE")
+            cur.execute("TRUNCATE api_keys, events, urls, users RESTART IDENTITY CASCADE")
     finally:
         conn.close()
 
@@ -93,6 +95,24 @@ def app(app_factory: Callable[..., Any]) -> Any:
 @pytest.fixture
 def client(app: Any) -> Any:
     return app.test_client()
+
+
+def keyed_client(app: Any, key: str) -> Any:
+    """A test client that sends ``Authorization: Bearer <key>`` with every request."""
+    client = app.test_client()
+    client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {key}"
+    return client
+
+
+@pytest.fixture(params=["open", "keys+admin"])
+def contract_client(request: pytest.FixtureRequest, app_factory: Callable[..., Any]) -> Any:
+    """The contract holds in both profiles: without credentials in ``open``, and with an admin
+    key in ``keys``. Contract test modules use this as their ``client``."""
+    if request.param == "open":
+        return app_factory().test_client()
+    app = app_factory(access_profile="keys")
+    key, _ = keys.create(app.extensions["shortener"].db, user_id=None, is_admin=True, name="contract tests")
+    return keyed_client(app, key)
 
 
 @pytest.fixture

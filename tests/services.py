@@ -448,6 +448,9 @@ class Services:
         return {
             "SHORTENER_DATABASE_URL": self.database_url,
             "SHORTENER_REDIS_URL": self.redis_url,
+            # The contract without credentials, as `make dev` serves it; the keys profile's
+            # tests set their own.
+            "SHORTENER_ACCESS_PROFILE": "open",
         }
 
     def export_lines(self) -> str:

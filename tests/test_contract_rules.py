@@ -7,6 +7,12 @@ import pytest
 from app.cache import KEY_PREFIX
 
 
+@pytest.fixture
+def client(contract_client):
+    """Each test runs in the open profile and in the keys profile with an admin key."""
+    return contract_client
+
+
 def test_rule_1_same_url_twice_gets_two_codes(client):
     first = client.post("/urls", json={"original_url": "https://example.com/same"})
     second = client.post("/urls", json={"original_url": "https://example.com/same"})

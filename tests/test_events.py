@@ -5,6 +5,12 @@ from __future__ import annotations
 import pytest
 
 
+@pytest.fixture
+def client(contract_client):
+    """Each test runs in the open profile and in the keys profile with an admin key."""
+    return contract_client
+
+
 def test_create_event(client, make_user, make_url):
     user, url = make_user(), make_url()
     body = {"event_type": "shared", "url_id": url["id"], "user_id": user["id"], "details": {"via": "mail"}}

@@ -6,6 +6,13 @@ import re
 
 import pytest
 
+
+@pytest.fixture
+def client(contract_client):
+    """Each test runs in the open profile and in the keys profile with an admin key."""
+    return contract_client
+
+
 URL_FIELDS = {"id", "user_id", "short_code", "original_url", "title", "is_active", "created_at", "updated_at"}
 
 
@@ -54,11 +61,11 @@ def test_a_taken_code_writes_neither_a_link_nor_an_event(client, sql):
 
 
 def test_a_random_code_that_collides_is_drawn_again_with_one_event(client, make_url, sql, monkeypatch):
-    from app.api import urls
+    from app import links
 
     first = make_url()
     codes = iter([first["short_code"], first["short_code"], "Fresh1"])
-    monkeypatch.setattr(urls, "new_code", lambda: next(codes))
+    monkeypatch.setattr(links, "new_code", lambda: next(codes))
     second = client.post("/urls", json={"original_url": "https://example.com/second"}).get_json()
     assert second["short_code"] == "Fresh1"
     events = sql("SELECT url_id, event_type FROM events ORDER BY id")

@@ -7,6 +7,13 @@ import re
 
 import pytest
 
+
+@pytest.fixture
+def client(contract_client):
+    """Each test runs in the open profile and in the keys profile with an admin key."""
+    return contract_client
+
+
 TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}$")
 
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 from flask import Blueprint, Response, jsonify
 from psycopg2.extras import Json
 
-from app import clicks, services, sql
+from app import access, clicks, sql
 from app.api.params import int_param, paging, str_param
 from app.errors import ApiError, json_object, validate
 from app.schemas import EventIn, event_out
+from app.services import services
 
 bp = Blueprint("events", __name__)
 
@@ -25,7 +26,8 @@ def list_events() -> Response:
     # A client that followed a link and then lists events must see its click, even when the
     # click worker has not written it yet.
     clicks.drain(svc.db, svc.cache)
-    rows = svc.db.fetch_all(sql.LIST_EVENTS, {**filters, "limit": limit, "offset": offset})
+    params = {**filters, "owner_id": access.owner_filter(), "limit": limit, "offset": offset}
+    rows = svc.db.fetch_all(sql.LIST_EVENTS, params)
     return jsonify([event_out(r) for r in rows])
 
 
@@ -33,10 +35,11 @@ def list_events() -> Response:
 def create_event() -> Response:
     data = validate(EventIn, json_object())
     db = services().db
-    if data.url_id is not None and db.fetch_one(sql.URL_EXISTS, (data.url_id,)) is None:
-        raise ApiError(404, "URL not found", {"url_id": "no such url"})
+    if data.url_id is not None:
+        access.visible(db.fetch_one(sql.GET_URL, (data.url_id,)), "URL not found", {"url_id": "no such url"})
     if data.user_id is not None and db.fetch_one(sql.USER_EXISTS, (data.user_id,)) is None:
         raise ApiError(404, "User not found", {"user_id": "no such user"})
+    data = data.model_copy(update={"user_id": access.owner_of_new(data.user_id)})
     row = db.fetch_one(
         sql.INSERT_EVENT,
         {

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify
 
-from app import metrics, services
+from app import metrics
 from app.db import DatabaseUnavailable
+from app.services import services
 
 bp = Blueprint("health", __name__)
 

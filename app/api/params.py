@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from flask import request
 
-from app import services
 from app.errors import ApiError
 from app.schemas import storable
+from app.services import services
 
 _TRUE = {"true", "1"}
 _FALSE = {"false", "0"}

@@ -8,10 +8,11 @@ import re
 
 from flask import Blueprint, Response, request
 
-from app import clicks, metrics, services, sql
+from app import clicks, metrics, sql
 from app.cache import NEGATIVE, TOMBSTONE, CachedLink, Unavailable
 from app.errors import ApiError
 from app.fastpath import CACHED_KEY
+from app.services import services
 
 log = logging.getLogger(__name__)
 

@@ -11,10 +11,11 @@ import psycopg2
 from flask import Blueprint, Response, jsonify, request
 from pydantic import ValidationError
 
-from app import services, sql
+from app import access, sql
 from app.api.params import paging
 from app.errors import ApiError, json_object, validate
 from app.schemas import UserIn, UserUpdate, user_out
+from app.services import services
 
 bp = Blueprint("users", __name__)
 
@@ -57,19 +58,19 @@ def list_users() -> Response:
     return jsonify([user_out(r) for r in rows])
 
 
-@bp.get("/users/<int:user_id>")
+@bp.get("/users/<id:user_id>")
 def get_user(user_id: int) -> Response:
-    row = services().db.fetch_one(sql.GET_USER, (user_id,)) if user_id < 2**63 else None
+    access.require_user(user_id)
+    row = services().db.fetch_one(sql.GET_USER, (user_id,))
     if row is None:
         raise ApiError(404, "User not found")
     return jsonify(user_out(row))
 
 
-@bp.put("/users/<int:user_id>")
+@bp.put("/users/<id:user_id>")
 def update_user(user_id: int) -> Response:
+    access.require_user(user_id)
     data = validate(UserUpdate, json_object())
-    if user_id >= 2**63:
-        raise ApiError(404, "User not found")
     db = services().db
     try:
         with db.transaction() as cur:
@@ -83,9 +84,10 @@ def update_user(user_id: int) -> Response:
     return jsonify(user_out(row))
 
 
-@bp.delete("/users/<int:user_id>")
+@bp.delete("/users/<id:user_id>")
 def delete_user(user_id: int) -> Response:
-    if user_id >= 2**63 or services().db.execute(sql.DELETE_USER, (user_id,)) == 0:
+    access.require_user(user_id)
+    if services().db.execute(sql.DELETE_USER, (user_id,)) == 0:
         raise ApiError(404, "User not found")
     return Response(status=204)
 

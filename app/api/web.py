@@ -5,8 +5,10 @@ from __future__ import annotations
 from flask import Blueprint, render_template, request
 from pydantic import ValidationError
 
-from app.api.urls import base_url, create_link
+from app import access
+from app.links import base_url, create_link
 from app.schemas import UrlIn, url_out
+from app.services import services
 
 bp = Blueprint("web", __name__)
 
@@ -19,6 +21,9 @@ def index() -> str:
 @bp.post("/")
 def shorten() -> tuple[str, int]:
     value = request.form.get("original_url", "")
+    if not access.current().is_admin and not services().settings.anonymous_create:
+        error = "Creating links here is switched off on this server."
+        return render_template("index.html", link=None, error=error, value=value), 403
     try:
         data = UrlIn.model_validate({"original_url": value})
     except ValidationError:
