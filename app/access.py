@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 from flask import Flask, Response, g, request
 
-from app import keys
+from app import keys, sql
 from app.addresses import client_address
 from app.errors import ApiError, error_response
 from app.services import services
@@ -69,8 +69,7 @@ class Unauthorized(ApiError):
         self.challenge = 'Bearer realm="shortener"' + (', error="invalid_token"' if invalid else "")
 
 
-_touched: dict[int, float] = {}
-_touched_lock = threading.Lock()
+_touch_lock = threading.Lock()
 
 
 def current() -> Caller:
@@ -86,14 +85,13 @@ def address() -> str | None:
 
 
 def _touch(key_id: int) -> None:
+    svc = services()
     now = time.monotonic()
-    with _touched_lock:
-        if now - _touched.get(key_id, float("-inf")) < TOUCH_EVERY_SECONDS:
+    with _touch_lock:
+        if now - svc.key_touches.get(key_id, float("-inf")) < TOUCH_EVERY_SECONDS:
             return
-        _touched[key_id] = now
-    from app import sql
-
-    services().db.execute(sql.TOUCH_KEY, (key_id,))
+        svc.key_touches[key_id] = now
+    svc.db.execute(sql.TOUCH_KEY, (key_id,))
 
 
 def _authenticate(header: str) -> Caller:

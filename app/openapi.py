@@ -26,6 +26,9 @@ def _schemas() -> dict[str, Any]:
         (schemas.Event, "serialization"),
         (schemas.Error, "serialization"),
         (schemas.BulkResult, "serialization"),
+        (schemas.KeyIn, "validation"),
+        (schemas.ApiKey, "serialization"),
+        (schemas.ApiKeyCreated, "serialization"),
     ]
     _, top = models_json_schema(models, ref_template=_REF)
     return top.get("$defs", {})
@@ -42,12 +45,44 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
 def _errors(*codes: int) -> dict[str, Any]:
     text = {
         400: "Body or query is malformed",
+        401: "Keys profile: no API key, or an unknown, revoked or malformed one",
+        403: "Keys profile: the key may not do this (admin-only, or another user)",
         404: "Not found",
         409: "Conflict",
         422: "Validation failed",
+        429: "Keys profile: too many requests from this key or address (see Retry-After)",
         503: "Database unavailable",
     }
     return {str(c): _json(_ref("Error"), text[c]) for c in codes}
+
+
+# The keys profile's requirements (the rules themselves live in app/access.py). In the open
+# profile no operation needs a key. Anyone may call these:
+PUBLIC_OPERATIONS = {("/health", "get"), ("/{short_code}", "get"), ("/metrics", "get")}
+# With a key or without (an anonymous link):
+KEY_OPTIONAL_OPERATIONS = {("/urls", "post")}
+SECURITY_SCHEMES = {
+    "bearerAuth": {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "An API key, shk_ followed by 40 letters and digits (keys profile only).",
+    }
+}
+
+
+def _secured(paths: dict[str, Any]) -> dict[str, Any]:
+    """Adds each operation's security requirement and the answers of the keys profile."""
+    for path, item in paths.items():
+        for method, operation in item.items():
+            if method == "parameters":
+                continue
+            if (path, method) in PUBLIC_OPERATIONS:
+                operation["security"] = []
+                continue
+            if (path, method) in KEY_OPTIONAL_OPERATIONS:
+                operation["security"] = [{}, {"bearerAuth": []}]
+            operation["responses"].update(_errors(401, 403, 429))
+    return paths
 
 
 def _body(name: str) -> dict[str, Any]:
@@ -76,102 +111,130 @@ def spec() -> dict[str, Any]:
     return {
         "openapi": "3.0.3",
         "info": {"title": "shortener", "version": "1.0.0"},
-        "paths": {
-            "/health": {
-                "get": {
-                    "summary": "Service and dependency state",
-                    "responses": {
-                        "200": _json({"type": "object"}, "Healthy"),
-                        "503": _json({"type": "object"}, "Database unreachable"),
-                    },
-                }
-            },
-            "/users": {
-                "get": {
-                    "parameters": PAGING,
-                    "responses": {"200": _json(array("User"), "Users by id"), **_errors(400)},
-                },
-                "post": {
-                    "requestBody": _body("UserIn"),
-                    "responses": {"201": _json(_ref("User"), "Created"), **_errors(400, 409, 422)},
-                },
-            },
-            "/users/bulk": {
-                "post": {
-                    "requestBody": {
-                        "required": True,
-                        "content": {
-                            "multipart/form-data": {
-                                "schema": {
-                                    "type": "object",
-                                    "properties": {"file": {"type": "string", "format": "binary"}},
-                                    "required": ["file"],
-                                }
-                            }
+        "paths": _secured(
+            {
+                "/health": {
+                    "get": {
+                        "summary": "Service and dependency state",
+                        "responses": {
+                            "200": _json({"type": "object"}, "Healthy"),
+                            "503": _json({"type": "object"}, "Database unreachable"),
                         },
+                    }
+                },
+                "/users": {
+                    "get": {
+                        "parameters": PAGING,
+                        "responses": {"200": _json(array("User"), "Users by id"), **_errors(400)},
                     },
-                    "responses": {"201": _json(_ref("BulkResult"), "Imported"), **_errors(400, 422)},
-                }
-            },
-            "/users/{user_id}": {
-                "parameters": [_path("user_id", ID)],
-                "get": {"responses": {"200": _json(_ref("User"), "The user"), **_errors(404)}},
-                "put": {
-                    "requestBody": _body("UserUpdate"),
-                    "responses": {"200": _json(_ref("User"), "Updated"), **_errors(400, 404, 409, 422)},
-                },
-                "delete": {"responses": {"204": {"description": "Deleted"}, **_errors(404)}},
-            },
-            "/urls": {
-                "get": {
-                    "parameters": [
-                        _query("user_id", ID),
-                        _query("is_active", {"type": "string", "enum": ["true", "false", "1", "0"]}),
-                        *PAGING,
-                    ],
-                    "responses": {"200": _json(array("Url"), "Links by id"), **_errors(400)},
-                },
-                "post": {
-                    "requestBody": _body("UrlIn"),
-                    "responses": {"201": _json(_ref("Url"), "Created"), **_errors(400, 404, 409, 422)},
-                },
-            },
-            "/urls/{url_id}": {
-                "parameters": [_path("url_id", ID)],
-                "get": {"responses": {"200": _json(_ref("Url"), "The link"), **_errors(404)}},
-                "put": {
-                    "requestBody": _body("UrlUpdate"),
-                    "responses": {"200": _json(_ref("Url"), "Updated"), **_errors(400, 404, 422)},
-                },
-                "delete": {"responses": {"204": {"description": "Deleted"}, **_errors(404)}},
-            },
-            "/events": {
-                "get": {
-                    "parameters": [
-                        _query("event_type", {"type": "string", "maxLength": 50}),
-                        _query("url_id", ID),
-                        _query("user_id", ID),
-                        *PAGING,
-                    ],
-                    "responses": {"200": _json(array("Event"), "Events by id"), **_errors(400)},
-                },
-                "post": {
-                    "requestBody": _body("EventIn"),
-                    "responses": {"201": _json(_ref("Event"), "Created"), **_errors(400, 404, 422)},
-                },
-            },
-            "/{short_code}": {
-                "get": {
-                    "parameters": [_path("short_code", {"type": "string"})],
-                    "responses": {
-                        "302": {"description": "Redirect to the original URL (or 301/307/308)"},
-                        **_errors(404),
+                    "post": {
+                        "requestBody": _body("UserIn"),
+                        "responses": {"201": _json(_ref("User"), "Created"), **_errors(400, 409, 422)},
                     },
-                }
-            },
-            "/metrics": {"get": {"responses": {"200": {"description": "Prometheus text format"}}}},
-        },
-        "components": {"schemas": _schemas()},
+                },
+                "/users/bulk": {
+                    "post": {
+                        "requestBody": {
+                            "required": True,
+                            "content": {
+                                "multipart/form-data": {
+                                    "schema": {
+                                        "type": "object",
+                                        "properties": {"file": {"type": "string", "format": "binary"}},
+                                        "required": ["file"],
+                                    }
+                                }
+                            },
+                        },
+                        "responses": {"201": _json(_ref("BulkResult"), "Imported"), **_errors(400, 422)},
+                    }
+                },
+                "/users/{user_id}": {
+                    "parameters": [_path("user_id", ID)],
+                    "get": {"responses": {"200": _json(_ref("User"), "The user"), **_errors(404)}},
+                    "put": {
+                        "requestBody": _body("UserUpdate"),
+                        "responses": {"200": _json(_ref("User"), "Updated"), **_errors(400, 404, 409, 422)},
+                    },
+                    "delete": {"responses": {"204": {"description": "Deleted"}, **_errors(404)}},
+                },
+                "/urls": {
+                    "get": {
+                        "parameters": [
+                            _query("user_id", ID),
+                            _query("is_active", {"type": "string", "enum": ["true", "false", "1", "0"]}),
+                            *PAGING,
+                        ],
+                        "responses": {"200": _json(array("Url"), "Links by id"), **_errors(400)},
+                    },
+                    "post": {
+                        "requestBody": _body("UrlIn"),
+                        "responses": {"201": _json(_ref("Url"), "Created"), **_errors(400, 404, 409, 422)},
+                    },
+                },
+                "/urls/{url_id}": {
+                    "parameters": [_path("url_id", ID)],
+                    "get": {"responses": {"200": _json(_ref("Url"), "The link"), **_errors(404)}},
+                    "put": {
+                        "requestBody": _body("UrlUpdate"),
+                        "responses": {"200": _json(_ref("Url"), "Updated"), **_errors(400, 404, 422)},
+                    },
+                    "delete": {"responses": {"204": {"description": "Deleted"}, **_errors(404)}},
+                },
+                "/events": {
+                    "get": {
+                        "parameters": [
+                            _query("event_type", {"type": "string", "maxLength": 50}),
+                            _query("url_id", ID),
+                            _query("user_id", ID),
+                            *PAGING,
+                        ],
+                        "responses": {"200": _json(array("Event"), "Events by id"), **_errors(400)},
+                    },
+                    "post": {
+                        "requestBody": _body("EventIn"),
+                        "responses": {"201": _json(_ref("Event"), "Created"), **_errors(400, 404, 422)},
+                    },
+                },
+                "/{short_code}": {
+                    "get": {
+                        "parameters": [_path("short_code", {"type": "string"})],
+                        "responses": {
+                            "302": {"description": "Redirect to the original URL (or 301/307/308)"},
+                            **_errors(404),
+                        },
+                    }
+                },
+                "/metrics": {
+                    "get": {
+                        "description": "Keys profile: only the addresses in SHORTENER_METRICS_ALLOW and admin keys",
+                        "responses": {"200": {"description": "Prometheus text format"}, **_errors(404)},
+                    }
+                },
+                "/keys": {
+                    "get": {
+                        "summary": "API keys: all for an admin key, its user's own for a user's key; never the secrets",
+                        "parameters": PAGING,
+                        "responses": {"200": _json(array("ApiKey"), "Keys by id"), **_errors(400)},
+                    },
+                    "post": {
+                        "summary": "Create a key; the answer is the only place the key itself is ever shown",
+                        "requestBody": _body("KeyIn"),
+                        "responses": {"201": _json(_ref("ApiKeyCreated"), "Created"), **_errors(400, 404, 422)},
+                    },
+                },
+                "/keys/{key_id}": {
+                    "parameters": [_path("key_id", ID)],
+                    "get": {"responses": {"200": _json(_ref("ApiKey"), "The key, without its secret"), **_errors(404)}},
+                    "delete": {
+                        "summary": "Revoke the key (at once, on every instance)",
+                        "responses": {"204": {"description": "Revoked"}, **_errors(404)},
+                    },
+                },
+            }
+        ),
+        "security": [{"bearerAuth": []}],
+        "components": {"schemas": _schemas(), "securitySchemes": SECURITY_SCHEMES},
     }
 
 

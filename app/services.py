@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from flask import current_app
 
@@ -19,6 +19,8 @@ class Services:
     cache: Cache
     trusted_proxies: Networks
     metrics_allow: Networks
+    # API key id -> when this process last wrote its last_used_at (app/access.py).
+    key_touches: dict[int, float] = field(default_factory=dict)
 
 
 def services() -> Services:

@@ -201,6 +201,7 @@ def test_env(harness: Services) -> None:
     assert harness.env() == {
         "SHORTENER_DATABASE_URL": harness.database_url,
         "SHORTENER_REDIS_URL": harness.redis_url,
+        "SHORTENER_ACCESS_PROFILE": "open",
     }
 
 

@@ -3,6 +3,8 @@ secret), revoked. Who may do what is decided in app/access.py."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from flask import Blueprint, Response, jsonify
 
 from app import access, keys, sql
@@ -14,7 +16,7 @@ from app.services import services
 bp = Blueprint("keys", __name__)
 
 
-def _load(key_id: int) -> dict:
+def _load(key_id: int) -> dict[str, Any]:
     return access.visible(services().db.fetch_one(sql.GET_KEY, (key_id,)), "API key not found")
 
 
