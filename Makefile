@@ -19,7 +19,7 @@ LAB_HOST    := lab-aio=10.213.0.10
 LAB_ADDR    := 10.213.0.10
 export ANSIBLE_CONFIG := $(ROOT)/ansible/ansible.cfg
 
-.PHONY: help deps venv lint test test-service test-molecule test-cluster up down dev seed clean loadtest bench openloop
+.PHONY: help deps venv requirements lint test test-service test-molecule test-cluster up down dev seed clean loadtest bench openloop
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -34,13 +34,26 @@ deps: ## install the Debian packages the project uses (only those missing)
 	  apt-get install -y -qq --no-install-recommends $$missing >/dev/null
 	fi
 
+# Every package pinned with its hashes (requirements-dev.txt, compiled by `make requirements`):
+# pip refuses anything unpinned or whose bytes differ. pip itself is Debian's (python3-venv).
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	[ -x $(PY) ] || python3 -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -r requirements-dev.txt
+	$(PY) -m pip install -q --require-hashes -r requirements-dev.txt
 	touch $@
 
 venv: deps $(VENV)/.installed ## the virtualenv with the service, test and Ansible tools
+
+# --- Supply chain: requirements*.in -> requirements*.txt with hashes ---------------------------
+# pip-tools in a virtualenv of its own (not .venv: it must not change what it compiles for).
+PIP_TOOLS_VENV := $(ROOT)/.pip-tools
+PIP_COMPILE    := CUSTOM_COMPILE_COMMAND="make requirements" $(PIP_TOOLS_VENV)/bin/pip-compile --quiet --generate-hashes --allow-unsafe \
+                  --strip-extras --no-emit-index-url --no-emit-find-links
+
+requirements: ## recompile requirements.txt and requirements-dev.txt (hashes) from the *.in files
+	[ -x $(PIP_TOOLS_VENV)/bin/pip-compile ] || { python3 -m venv $(PIP_TOOLS_VENV); $(PIP_TOOLS_VENV)/bin/pip install -q pip-tools==7.6.2; }
+	cd $(ROOT)
+	$(PIP_COMPILE) --output-file=requirements.txt requirements.in
+	$(PIP_COMPILE) --output-file=requirements-dev.txt requirements-dev.in
 
 lint: venv ## ruff, yamllint, ansible-lint (production profile)
 	$(BIN)/ruff check .
@@ -71,6 +84,9 @@ up: venv ## deploy the whole stack to a local lab host and print where it answer
 	echo "  curl -s -X POST http://$(LAB_ADDR)/urls -H 'Content-Type: application/json' -d '{\"original_url\": \"https://www.debian.org/\"}'"
 	echo "  curl -si http://$(LAB_ADDR)/<short_code>   # 302 to the original URL"
 	echo "HTTPS too: curl --cacert ansible/.secrets/lab_ca/ca.crt https://$(LAB_ADDR)/health"
+	echo "the admin API key (keys profile: everything but links, redirects and /health needs a key) is in"
+	echo "  ansible/.secrets/shortener_admin_api_key"
+	echo "  curl -s 'http://$(LAB_ADDR)/events?event_type=click' -H \"Authorization: Bearer \$$(cat ansible/.secrets/shortener_admin_api_key)\""
 	echo "logs in a browser: https://$(LAB_ADDR):8443/logs/  (lab CA: ansible/.secrets/lab_ca/ca.crt; user operator, password in ansible/.secrets/journal_gateway_password)"
 	echo "pages sent to the lab's Discord sink: python3 lab/lab.py ssh lab-aio curl -s 127.0.0.1:9095/messages"
 	echo "shell on the host: python3 lab/lab.py shell lab-aio;  remove it: make down"

@@ -30,7 +30,8 @@ import requests
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "loadtests"))
 
-import labssh  # noqa: E402 - after the path is set
+import apikey  # noqa: E402 - after the path is set
+import labssh  # noqa: E402
 
 DASHBOARDS = ROOT / "ansible/roles/grafana/files/dashboards"
 PASSWORD_FILE = ROOT / "ansible/.secrets/journal_gateway_password"
@@ -108,21 +109,25 @@ def logs(base: str, name: str, match: dict[str, str], minutes: int, password: st
 class Traffic(threading.Thread):
     """A user or two: follow a cached link, list users, create a link, about 10 requests/s."""
 
-    def __init__(self, base: str) -> None:
+    def __init__(self, base: str, key: str) -> None:
         super().__init__(daemon=True)
         self.base = base
         self.stop = threading.Event()
         self.statuses: Counter[str] = Counter()
-        created = requests.post(f"{base}/urls", json={"original_url": "https://example.com/walkthrough"}, timeout=5)
+        # The admin key: the host runs the keys profile (GET /users needs a key, and anonymous
+        # creation is limited per client address).
+        self.api = requests.Session()
+        self.api.headers.update(apikey.headers(key))
+        created = self.api.post(f"{base}/urls", json={"original_url": "https://example.com/walkthrough"}, timeout=5)
         self.code = created.json()["short_code"]
 
     def run(self) -> None:
         calls = [
             ("GET /<code>", lambda: requests.get(f"{self.base}/{self.code}", allow_redirects=False, timeout=5)),
-            ("GET /users", lambda: requests.get(f"{self.base}/users", params={"per_page": 5}, timeout=5)),
+            ("GET /users", lambda: self.api.get(f"{self.base}/users", params={"per_page": 5}, timeout=5)),
             (
                 "POST /urls",
-                lambda: requests.post(f"{self.base}/urls", json={"original_url": "https://example.com/w"}, timeout=5),
+                lambda: self.api.post(f"{self.base}/urls", json={"original_url": "https://example.com/w"}, timeout=5),
             ),
         ]
         while not self.stop.is_set():
@@ -138,11 +143,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--host", default="10.213.0.10", help="the lab host's address (lb, db and monitoring)")
     parser.add_argument("--name", default="lab-aio", help="its inventory name (the console's path)")
+    apikey.add_argument(parser)
     args = parser.parse_args()
     base = f"http://{args.host}"
     password = PASSWORD_FILE.read_text().strip()
 
-    traffic = Traffic(base)
+    traffic = Traffic(base, apikey.resolve(args.api_key))
     traffic.start()
     time.sleep(40)  # so that the rate panels have traffic before the fault
     print("0. before the fault")

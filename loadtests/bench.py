@@ -44,7 +44,8 @@ from urllib.parse import urlparse
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-import labssh  # noqa: E402 - after the path is set
+import apikey  # noqa: E402 - after the path is set
+import labssh  # noqa: E402
 
 LUA_DIR = HERE / "wrk"
 BENCH_CONF = "/etc/nginx/conf.d/zz-shortener-bench.conf"
@@ -258,13 +259,13 @@ def teardown_references(host: str) -> None:
     redis_cli(host, "DEL shortener:url:bench")
 
 
-def create_link(target: str, url: str) -> dict:
+def create_link(target: str, url: str, key: str) -> dict:
     import urllib.request
 
     req = urllib.request.Request(
         target.rstrip("/") + "/urls",
         data=json.dumps({"original_url": url, "title": "bench hot link"}).encode(),
-        headers={"Content-Type": "application/json"},
+        headers={"Content-Type": "application/json", **apikey.headers(key)},
         method="POST",
     )
     with urllib.request.urlopen(req, timeout=10) as resp:
@@ -319,7 +320,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pause", type=float, default=3.0, help="seconds between phases")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     parser.add_argument("--keep", action="store_true", help="keep the bench's links and events afterwards")
+    apikey.add_argument(parser)
     args = parser.parse_args(argv)
+    args.api_key = apikey.resolve(args.api_key)
     host = args.lab_host or urlparse(args.target).hostname or ""
     phases = [p.strip() for p in args.phases.split(",") if p.strip()]
     run_id = secrets.token_hex(3)
@@ -336,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
         if "static" in phases or "bare" in phases:
             setup_references(host)
         if "hot" in phases:
-            hot = create_link(args.target, f"https://example.com/bench-hot/{run_id}")
+            hot = create_link(args.target, f"https://example.com/bench-hot/{run_id}", args.api_key)
             warm(args.target, hot["short_code"])
         if "cold" in phases:
             prefix = f"bc{run_id}x"
@@ -375,7 +378,12 @@ def main(argv: list[str] | None = None) -> int:
                     print("    WARNING: more requests than cold codes: some were cache hits", flush=True)
             elif phase == "create":
                 results[phase] = run_wrk(
-                    args, phase, "POST /urls (link creation)", "create.lua", "/", {"BENCH_RUN": run_id}
+                    args,
+                    phase,
+                    "POST /urls (link creation)",
+                    "create.lua",
+                    "/",
+                    {"BENCH_RUN": run_id, "BENCH_API_KEY": args.api_key},
                 )
     finally:
         if "static" in phases or "bare" in phases:

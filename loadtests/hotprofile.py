@@ -27,7 +27,8 @@ from urllib.parse import urlparse
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-import labssh  # noqa: E402 - after the path is set
+import apikey  # noqa: E402 - after the path is set
+import labssh  # noqa: E402
 
 
 def summarize(files: list[Path], top: int) -> str:
@@ -84,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         help="sample every busy thread (wall time, includes waits) instead of only the one holding the GIL (CPU)",
     )
     parser.add_argument("--out", type=Path, default=HERE / "results" / time.strftime("profile-%Y%m%d-%H%M%S"))
+    apikey.add_argument(parser)
     args = parser.parse_args(argv)
     host = urlparse(args.target).hostname or ""
     args.out.mkdir(parents=True, exist_ok=True)
@@ -94,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     req = urllib.request.Request(
         args.target.rstrip("/") + "/urls",
         data=json.dumps({"original_url": "https://example.com/profile", "title": "profile"}).encode(),
-        headers={"Content-Type": "application/json"},
+        headers={"Content-Type": "application/json", **apikey.headers(apikey.resolve(args.api_key))},
         method="POST",
     )
     with urllib.request.urlopen(req, timeout=10) as resp:

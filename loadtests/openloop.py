@@ -44,7 +44,8 @@ from urllib.parse import urlparse
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-import bench  # noqa: E402 - after the path is set
+import apikey  # noqa: E402 - after the path is set
+import bench  # noqa: E402
 import labssh  # noqa: E402
 
 
@@ -111,7 +112,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=int, default=30, help="seconds per step")
     parser.add_argument("--pause", type=float, default=10.0, help="seconds between steps")
     parser.add_argument("--out", type=Path, default=HERE / "results")
+    apikey.add_argument(parser)
     args = parser.parse_args(argv)
+    args.api_key = apikey.resolve(args.api_key)
     if shutil.which("hey") is None:
         parser.error("hey is not installed (apt-get install hey; make openloop does it)")
     if not 1 <= args.per_process <= 500:
@@ -122,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     facts = labssh.machine_facts(host)
     print(f"open-loop run {run_id} against {args.target}; machine: {facts}", flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
-    link = bench.create_link(args.target, f"https://example.com/bench-openloop/{run_id}")
+    link = bench.create_link(args.target, f"https://example.com/bench-openloop/{run_id}", args.api_key)
     bench.warm(args.target, link["short_code"])
     url = args.target.rstrip("/") + "/" + link["short_code"]
     clicks_query = f"SELECT count(*) FROM events WHERE url_id = {link['id']}"

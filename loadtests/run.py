@@ -32,7 +32,8 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
-import labssh  # noqa: E402 - after the path is set
+import apikey  # noqa: E402 - after the path is set
+import labssh  # noqa: E402
 
 DEFAULT_SEED = ROOT.parent / "shared" / "seed"
 
@@ -114,6 +115,7 @@ def run_step(args: argparse.Namespace, users: int, out: Path, index: int, total:
     ramp = max(1, min(args.ramp_seconds, args.step_seconds // 2))
     spawn_rate = max(1.0, users / ramp)
     env = dict(os.environ, LOCUST_WAIT_MIN=str(args.wait_min), LOCUST_WAIT_MAX=str(args.wait_max))
+    env[apikey.ENV] = args.api_key
     if args.seed_dir:
         env["SHORTENER_SEED_DIR"] = str(args.seed_dir)
     cmd = [
@@ -306,7 +308,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--img-dir", type=Path, default=ROOT / "docs" / "img", help="copy the charts here ('' = no)")
     parser.add_argument("--progress-every", type=float, default=5.0)
     parser.add_argument("--max-load", type=float, default=0.0, help="wait until the 1-min load average is below this")
+    apikey.add_argument(parser)
     args = parser.parse_args(argv)
+    args.api_key = apikey.resolve(args.api_key)
     if args.img_dir is not None and str(args.img_dir) in ("", "."):
         args.img_dir = None
     host = urlparse(args.target).hostname

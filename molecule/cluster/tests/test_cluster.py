@@ -16,6 +16,7 @@ import uuid
 import pytest
 import requests
 import testinfra.utils.ansible_runner
+from conftest import admin_api_key
 
 RUNNER = testinfra.utils.ansible_runner.AnsibleRunner(os.environ["MOLECULE_INVENTORY_FILE"])
 testinfra_hosts = RUNNER.get_hosts("all")
@@ -89,26 +90,27 @@ def test_service_ports_answer_only_the_hosts_that_need_them(host):
         assert not _reaches(host, address_of(cache_host), 6379)
 
 
-def test_shorten_follow_and_count_through_the_load_balancer(base):
+def test_shorten_follow_and_count_through_the_load_balancer(api, base):
     tag = uuid.uuid4().hex[:8]
-    url = requests.post(f"{base}/urls", json={"original_url": f"https://example.com/{tag}"}, timeout=5)
+    url = api.post(f"{base}/urls", json={"original_url": f"https://example.com/{tag}"}, timeout=5)
     assert url.status_code == 201
     code, url_id = url.json()["short_code"], url.json()["id"]
     for _ in range(6):
         follow = requests.get(f"{base}/{code}", allow_redirects=False, timeout=5)
         assert follow.status_code == 302 and follow.headers["Location"] == f"https://example.com/{tag}"
     # Clicks recorded by instances on both app hosts, listed through any of them.
-    clicks = requests.get(f"{base}/events", params={"url_id": url_id, "event_type": "click"}, timeout=5)
+    clicks = api.get(f"{base}/events", params={"url_id": url_id, "event_type": "click"}, timeout=5)
     assert len(clicks.json()) == 6
     # A deactivation through one instance is seen by all of them at once.
-    assert requests.put(f"{base}/urls/{url_id}", json={"is_active": False}, timeout=5).status_code == 200
+    assert api.put(f"{base}/urls/{url_id}", json={"is_active": False}, timeout=5).status_code == 200
     assert {requests.get(f"{base}/{code}", allow_redirects=False, timeout=5).status_code for _ in range(12)} == {404}
 
 
 def _health_requests(host, port: int) -> float:
-    # On an app host of the cluster the instances listen on the host's address, not loopback.
+    # On an app host of the cluster the instances listen on the host's address, not loopback;
+    # /metrics answers that address only with an admin key (the monitoring host needs none).
     address = address_of(host.backend.get_hostname())
-    text = host.check_output(f"curl -sf http://{address}:{port}/metrics")
+    text = host.check_output(f"curl -sf -H 'Authorization: Bearer {admin_api_key()}' http://{address}:{port}/metrics")
     return sum(
         float(line.rsplit(" ", 1)[1])
         for line in text.splitlines()
@@ -130,11 +132,11 @@ def test_the_load_balancer_uses_all_six_instances(host, base):
     assert all(n > 0 for n in served.values()), served
 
 
-def test_an_instance_killed_under_traffic_loses_no_request(host, base):
+def test_an_instance_killed_under_traffic_loses_no_request(host, api, base):
     name = host.backend.get_hostname()
     if name != RUNNER.get_hosts("app")[0]:
         pytest.skip("runs once, on the first app host")
-    code = requests.post(f"{base}/urls", json={"original_url": "https://example.com/k"}, timeout=5).json()["short_code"]
+    code = api.post(f"{base}/urls", json={"original_url": "https://example.com/k"}, timeout=5).json()["short_code"]
     statuses: list[int | str] = []
     stop = threading.Event()
 

@@ -84,11 +84,11 @@ def test_health_through_nginx(base):
     assert given.headers["X-Request-ID"] == "verify-7"
 
 
-def test_shorten_follow_and_count_through_nginx(base):
+def test_shorten_follow_and_count_through_nginx(api, base):
     tag = uuid.uuid4().hex[:8]
-    user = requests.post(f"{base}/users", json={"username": f"v{tag}", "email": f"v{tag}@example.com"}, timeout=5)
+    user = api.post(f"{base}/users", json={"username": f"v{tag}", "email": f"v{tag}@example.com"}, timeout=5)
     assert user.status_code == 201
-    url = requests.post(
+    url = api.post(
         f"{base}/urls",
         json={"original_url": f"https://example.com/{tag}", "user_id": user.json()["id"]},
         timeout=5,
@@ -98,13 +98,13 @@ def test_shorten_follow_and_count_through_nginx(base):
     follow = requests.get(f"{base}/{code}", allow_redirects=False, timeout=5)
     assert follow.status_code == 302
     assert follow.headers["Location"] == f"https://example.com/{tag}"
-    clicks = requests.get(f"{base}/events", params={"url_id": url.json()["id"], "event_type": "click"}, timeout=5)
+    clicks = api.get(f"{base}/events", params={"url_id": url.json()["id"], "event_type": "click"}, timeout=5)
     assert clicks.status_code == 200
     assert len(clicks.json()) == 1
 
 
-def test_errors_through_nginx_are_json(base):
-    response = requests.post(f"{base}/urls", data="not json", headers={"Content-Type": "text/plain"}, timeout=5)
+def test_errors_through_nginx_are_json(api, base):
+    response = api.post(f"{base}/urls", data="not json", headers={"Content-Type": "text/plain"}, timeout=5)
     assert response.status_code == 400
     assert "error" in response.json()
     assert requests.get(f"{base}/nosuch", timeout=5).json() == {"error": "Short link not found"}
@@ -129,17 +129,15 @@ def test_load_balancer_uses_all_three_instances(host, base):
     assert sum(served.values()) >= 60
 
 
-def test_a_database_outage_does_not_take_the_instances_out_of_nginx(host, base):
+def test_a_database_outage_does_not_take_the_instances_out_of_nginx(host, api, base):
     """The instances' 503s (PostgreSQL unavailable) reach the client as they are; Nginx must not
     count them against the instances, or it soon has none left and answers 502 to everything,
     redirects that Redis alone could serve included."""
-    code = requests.post(f"{base}/urls", json={"original_url": "https://example.com/pgdown"}, timeout=5).json()[
-        "short_code"
-    ]
+    code = api.post(f"{base}/urls", json={"original_url": "https://example.com/pgdown"}, timeout=5).json()["short_code"]
     assert requests.get(f"{base}/{code}", allow_redirects=False, timeout=5).status_code == 302  # now cached
     host.run_expect([0], "systemctl stop pgbouncer")
     try:
-        needs_db = [requests.get(f"{base}/users", timeout=10) for _ in range(6)]
+        needs_db = [api.get(f"{base}/users", timeout=10) for _ in range(6)]
         redirects = [requests.get(f"{base}/{code}", allow_redirects=False, timeout=5).status_code for _ in range(30)]
     finally:
         host.run_expect([0], "systemctl start pgbouncer")
@@ -153,10 +151,8 @@ def _main_pid(host, unit: str) -> int:
     return int(host.check_output(f"systemctl show -p MainPID --value {unit}"))
 
 
-def test_killed_instance_comes_back_and_requests_do_not_fail(host, base):
-    code = requests.post(f"{base}/urls", json={"original_url": "https://example.com/kill"}, timeout=5).json()[
-        "short_code"
-    ]
+def test_killed_instance_comes_back_and_requests_do_not_fail(host, api, base):
+    code = api.post(f"{base}/urls", json={"original_url": "https://example.com/kill"}, timeout=5).json()["short_code"]
     statuses: list[int] = []
     stop = threading.Event()
 
@@ -192,13 +188,13 @@ def test_killed_instance_comes_back_and_requests_do_not_fail(host, base):
     assert statuses and set(statuses) == {302}, {s: statuses.count(s) for s in set(statuses)}
 
 
-def test_reboot_brings_everything_back_without_data_loss(host, base):
+def test_reboot_brings_everything_back_without_data_loss(host, api, base):
     tag = uuid.uuid4().hex[:8]
-    url = requests.post(f"{base}/urls", json={"original_url": f"https://example.com/r{tag}"}, timeout=5).json()
+    url = api.post(f"{base}/urls", json={"original_url": f"https://example.com/r{tag}"}, timeout=5).json()
     for _ in range(3):
         assert requests.get(f"{base}/{url['short_code']}", allow_redirects=False, timeout=5).status_code == 302
     params = {"url_id": url["id"], "event_type": "click"}
-    assert len(requests.get(f"{base}/events", params=params, timeout=5).json()) == 3
+    assert len(api.get(f"{base}/events", params=params, timeout=5).json()) == 3
     # In a container the kernel's boot id stays; PID 1's start time tells a new boot.
     booted = host.check_output("ps -o lstart= -p 1")
     host.run("systemd-run --on-active=1 --timer-property=AccuracySec=100ms systemctl reboot")
@@ -207,7 +203,7 @@ def test_reboot_brings_everything_back_without_data_loss(host, base):
     assert host.check_output("ps -o lstart= -p 1") != booted, "the host did not reboot"
     for unit in UNITS:
         assert host.service(unit).is_running, unit
-    assert requests.get(f"{base}/urls/{url['id']}", timeout=5).status_code == 200
-    assert len(requests.get(f"{base}/events", params=params, timeout=5).json()) == 3
+    assert api.get(f"{base}/urls/{url['id']}", timeout=5).status_code == 200
+    assert len(api.get(f"{base}/events", params=params, timeout=5).json()) == 3
     follow = requests.get(f"{base}/{url['short_code']}", allow_redirects=False, timeout=5)
     assert follow.status_code == 302 and re.search(tag, follow.headers["Location"])

@@ -32,6 +32,7 @@ import pytest
 import requests
 import testinfra
 import yaml
+from conftest import admin_api_key
 
 if "MOLECULE_INVENTORY_FILE" in os.environ:
     import testinfra.utils.ansible_runner
@@ -172,15 +173,17 @@ def wait_service_healthy(host, address: str) -> None:
 def traffic(address: str) -> None:
     base = f"http://{address}"
     tag = uuid.uuid4().hex[:8]
-    user = requests.post(f"{base}/users", json={"username": f"m{tag}", "email": f"m{tag}@example.com"}, timeout=5)
-    url = requests.post(
+    api = requests.Session()
+    api.headers["Authorization"] = f"Bearer {admin_api_key()}"
+    user = api.post(f"{base}/users", json={"username": f"m{tag}", "email": f"m{tag}@example.com"}, timeout=5)
+    url = api.post(
         f"{base}/urls", json={"original_url": f"https://example.com/{tag}", "user_id": user.json()["id"]}, timeout=5
     )
     code = url.json()["short_code"]
     for _ in range(20):
         requests.get(f"{base}/{code}", allow_redirects=False, timeout=5)
     requests.get(f"{base}/nosuchcode{tag}", timeout=5)
-    requests.get(f"{base}/events", params={"url_id": url.json()["id"]}, timeout=5)
+    api.get(f"{base}/events", params={"url_id": url.json()["id"]}, timeout=5)
 
 
 # --- Prometheus: targets and rules ------------------------------------------------------------
