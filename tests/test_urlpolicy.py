@@ -127,9 +127,13 @@ def test_put_applies_the_policy_and_leaves_the_link_alone(client, make_url):
     assert client.get(f"/urls/{url['id']}").get_json()["original_url"] == url["original_url"]
 
 
-def test_the_web_form_applies_the_policy(client, sql):
+def test_the_web_form_applies_the_policy_and_says_why(client, sql):
     response = client.post("/", data={"original_url": "http://[::1]/"})
     assert response.status_code == 422
+    assert "cannot be shortened: it must not point to a loopback address" in response.get_data(as_text=True)
+    response = client.post("/", data={"original_url": "http://portal/"})
+    assert response.status_code == 422
+    assert "does not look like a web address" in response.get_data(as_text=True)
     assert sql("SELECT count(*) FROM urls") == [(0,)]
 
 
