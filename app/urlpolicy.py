@@ -115,6 +115,13 @@ class Refused(ValueError):
     """The reason a URL is refused; pydantic reports it as the field's message."""
 
 
+class InvalidHost(Refused):
+    """Not a host at all (as opposed to a host the policy refuses)."""
+
+    def __init__(self) -> None:
+        super().__init__("must have a valid host name")
+
+
 def ip_refusal(address: IPAddress) -> str | None:
     """Why an address is not a public one, or None when it is."""
     if isinstance(address, ipaddress.IPv6Address):
@@ -212,31 +219,31 @@ def parse_host(netloc: str, single_label: bool = False) -> Host:
     if host.startswith("["):
         literal, _, _ = host[1:].partition("]")
         if "%" in literal:
-            raise Refused("must have a valid host name")
+            raise InvalidHost()
         try:
             # A zone ("%25eth0") is refused: no browser takes one, and it only names local links.
             return Host(address=ipaddress.IPv6Address(literal))
         except ValueError as exc:
-            raise Refused("must have a valid host name") from exc
+            raise InvalidHost() from exc
     host = host.rpartition(":")[0] if ":" in host else host
     try:
         decoded = unquote_to_bytes(host).decode("utf-8")
         mapped = idna.uts46_remap(decoded, std3_rules=False, transitional=False)
     except (UnicodeError, idna.IDNAError) as exc:
-        raise Refused("must have a valid host name") from exc
+        raise InvalidHost() from exc
     labels = mapped.lower().split(".")
     if len(labels) > 1 and labels[-1] == "":
         labels.pop()  # "example.com." is example.com
     if _ends_in_number(labels):
         address = whatwg_ipv4(labels)
         if address is None:
-            raise Refused("must have a valid host name")
+            raise InvalidHost()
         return Host(address=address)
     # A single word ("http://intranet") is not a link anyone else can follow.
     if len(labels) < 2 and not single_label:
         if labels[0] in LOCAL_SUFFIXES:
             raise Refused(LOCAL_NAME)
-        raise Refused("must have a valid host name")
+        raise InvalidHost()
     ascii_labels = []
     for label in labels:
         try:
@@ -247,9 +254,9 @@ def parse_host(netloc: str, single_label: bool = False) -> Host:
                 unicode_label = label
                 ascii_label = idna.alabel(label).decode("ascii") if not label.isascii() else label
         except (idna.IDNAError, UnicodeError) as exc:
-            raise Refused("must have a valid host name") from exc
+            raise InvalidHost() from exc
         if not _HOST_LABEL.match(ascii_label):
-            raise Refused("must have a valid host name")
+            raise InvalidHost()
         if mixes_scripts(unicode_label):
             raise Refused("must not have a host name that mixes scripts (a look-alike of another name)")
         ascii_labels.append(ascii_label)

@@ -188,7 +188,7 @@ def test_the_page_renders_without_javascript(
 @pytest.mark.parametrize(
     "bad_url",
     [
-        pytest.param("http://intranet", id="single-word-host"),
+        pytest.param("http://portal", id="single-word-host"),
         pytest.param("ftp://example.com/file.txt", id="not-http"),
     ],
 )

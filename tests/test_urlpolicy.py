@@ -76,6 +76,9 @@ REFUSED = [
     ("http://0x100000000/", "valid host"),
     ("http://[fe80::1%25eth0]/", "valid host"),
     ("http://exa%00mple.com/", "valid host"),
+    ("http://exa%ffmple.com/", "valid host"),  # not UTF-8 once decoded
+    ("http://xn--zz-.com/", "valid host"),  # not punycode
+    ("http://a\u200db.com/", "valid host"),  # a zero-width joiner outside its context
     ("http://intranet/page", "local-only"),
     ("http://portal/page", "valid host"),  # a single word is not a link
 ]
@@ -124,9 +127,13 @@ def test_put_applies_the_policy_and_leaves_the_link_alone(client, make_url):
     assert client.get(f"/urls/{url['id']}").get_json()["original_url"] == url["original_url"]
 
 
-def test_the_web_form_applies_the_policy(client, sql):
+def test_the_web_form_applies_the_policy_and_says_why(client, sql):
     response = client.post("/", data={"original_url": "http://[::1]/"})
     assert response.status_code == 422
+    assert "cannot be shortened: it must not point to a loopback address" in response.get_data(as_text=True)
+    response = client.post("/", data={"original_url": "http://portal/"})
+    assert response.status_code == 422
+    assert "does not look like a web address" in response.get_data(as_text=True)
     assert sql("SELECT count(*) FROM urls") == [(0,)]
 
 
@@ -138,6 +145,15 @@ def test_links_to_the_service_itself_are_refused(app_factory):
         assert "this shortener" in response.get_json()["details"]["original_url"]
     # Other names under the same domain are other sites.
     assert client.post("/urls", json={"original_url": "https://www.sho.rt/"}).status_code == 201
+
+
+def test_a_service_reached_by_address_refuses_links_to_that_address(app_factory):
+    client = app_factory(public_base_url="http://93.184.215.14:8080").test_client()
+    response = client.post("/urls", json={"original_url": "http://1572394766/x"})  # 93.184.215.14
+    assert "this shortener" in response.get_json()["details"]["original_url"]
+    # A client calling the service by a name the policy cannot read still gets its link.
+    response = client.post("/urls", json={"original_url": "https://example.com/"}, base_url="http://a_b")
+    assert response.status_code == 201
 
 
 def test_without_a_public_base_url_the_host_the_client_used_is_ours(app_factory):

@@ -10,7 +10,7 @@ import re
 from flask import Blueprint, Response, current_app, render_template, request
 from pydantic import ValidationError
 
-from app import access
+from app import access, urlpolicy
 from app.links import base_url, create_link
 from app.schemas import UrlIn, url_out
 from app.services import services
@@ -53,8 +53,13 @@ def shorten() -> tuple[str, int]:
         return render_template("index.html", link=None, error=error, value=value), 403
     try:
         data = UrlIn.model_validate({"original_url": value})
-    except ValidationError:
-        error = "That does not look like a web address. Use a full link that starts with http:// or https://."
+    except ValidationError as exc:
+        cause = exc.errors()[0].get("ctx", {}).get("error")
+        if isinstance(cause, urlpolicy.Refused) and not isinstance(cause, urlpolicy.InvalidHost):
+            # A well-formed link the URL policy refuses: say why, or the visitor retypes it.
+            error = f"This link cannot be shortened: it {cause}."
+        else:
+            error = "That does not look like a web address. Use a full link that starts with http:// or https://."
         return render_template("index.html", link=None, error=error, value=value), 422
     link = url_out(create_link(data, via="web"), base_url())
     return render_template("index.html", link=link, error=None, value=""), 201
