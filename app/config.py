@@ -46,6 +46,10 @@ class Settings(BaseSettings):
     # per redirect (docs/capacity.md gives the figure).
     access_log: Literal["all", "errors", "off"] = "all"
     migrate_on_start: bool = True
+    # Who runs `python -m app.migrate`: a role that owns the schema. The deployment gives the
+    # service a role that may only read and write rows, so its own URL cannot migrate; empty
+    # means database_url (development, tests).
+    migrate_database_url: str = ""
 
     # Gunicorn (app/gunicorn_conf.py).
     bind: str = "127.0.0.1:8000"
