@@ -47,6 +47,10 @@ class Settings(BaseSettings):
     # per redirect (docs/capacity.md gives the figure).
     access_log: Literal["all", "errors", "off"] = "all"
     migrate_on_start: bool = True
+    # Who runs `python -m app.migrate`: a role that owns the schema. The deployment gives the
+    # service a role that may only read and write rows, so its own URL cannot migrate; empty
+    # means database_url (development, tests).
+    migrate_database_url: str = ""
 
     # Access (docs/architecture.md, "Access"). "keys" unless told otherwise: a deployment
     # that forgets the setting is closed, not open. "open" is the contract without credentials

@@ -5,7 +5,9 @@ lock (session-level locks do not survive PgBouncer's transaction pooling). Three
 starting at once therefore apply each migration exactly once: the others wait, then find
 nothing left to do.
 
-Run by hand with ``python -m app.migrate``; the app also runs it at start-up.
+Run by hand with ``python -m app.migrate`` (as ``SHORTENER_MIGRATE_DATABASE_URL``'s role when it
+is set: the one that owns the schema); the app also runs it at start-up unless
+``SHORTENER_MIGRATE_ON_START`` is false, as the deployment sets it.
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ def main() -> int:
 
     settings = get_settings()
     configure_logging(settings.log_level)
-    db = Database(settings.database_url, 1, 30.0, settings.db_connect_timeout)
+    db = Database(settings.migrate_database_url or settings.database_url, 1, 30.0, settings.db_connect_timeout)
     try:
         applied = migrate(db, settings)
     finally:

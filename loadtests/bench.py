@@ -201,12 +201,13 @@ def run_wrk(args: argparse.Namespace, name: str, what: str, script: str, path: s
 
 
 # redis-cli 7.0 sends an empty user name for redis://:PASSWORD@ URLs, which Redis refuses: take
-# the URL apart in the shell and pass the password through REDISCLI_AUTH (not on the command line).
+# the URL (redis://USER:PASSWORD@HOST:PORT/DB, the service's ACL user) apart in the shell and pass
+# the password through REDISCLI_AUTH (not on the command line).
 REDIS_ENV = (
     "u=${SHORTENER_REDIS_URL#*://}; hp=${u##*@}; hp=${hp%%/*}; a=${u%@*}; "
-    "export REDISCLI_AUTH=${a#*:}; H=${hp%:*}; P=${hp##*:}"
+    "export REDISCLI_AUTH=${a#*:}; U=${a%%:*}; H=${hp%:*}; P=${hp##*:}"
 )
-REDIS_CLI = REDIS_ENV + '; redis-cli -h "$H" -p "$P"'
+REDIS_CLI = REDIS_ENV + '; redis-cli --user "$U" -h "$H" -p "$P"'
 
 
 def redis_cli(host: str, args: str) -> str:
@@ -474,7 +475,7 @@ def cleanup(host: str, run_id: str, hot: dict | None, cold_range: tuple[int, int
         host,
         labssh.with_app_env(
             f'{REDIS_CLI} --scan --pattern "shortener:url:bc{run_id}x*" '
-            '| xargs -r -n 1000 redis-cli -h "$H" -p "$P" UNLINK >/dev/null'
+            '| xargs -r -n 1000 redis-cli --user "$U" -h "$H" -p "$P" UNLINK >/dev/null'
         ),
         check=False,
     )

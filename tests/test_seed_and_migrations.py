@@ -105,3 +105,10 @@ def test_migrate_command(stack, monkeypatch, _schema):
     monkeypatch.setenv("SHORTENER_DATABASE_URL", stack.database_url)
     assert migrations.main() == 0
     assert isinstance(Settings(), Settings)
+
+
+def test_migrate_command_uses_the_migration_url(stack, monkeypatch, _schema):
+    # The service's own URL is refused; the migration URL (the schema owner's) is the one used.
+    monkeypatch.setenv("SHORTENER_DATABASE_URL", "postgresql://nobody:wrong@127.0.0.1:1/none")
+    monkeypatch.setenv("SHORTENER_MIGRATE_DATABASE_URL", stack.database_url)
+    assert migrations.main() == 0
