@@ -86,12 +86,13 @@ def _instrument(app: Flask) -> None:
         endpoint = request.url_rule.rule if request.url_rule is not None else "unmatched"
         metrics.observe_request(request.method, endpoint, response.status_code, elapsed)
         response.headers["X-Request-ID"] = g.get("request_id", "")
-        logs.access_line(
-            g.get("request_id", ""),
-            request.method,
-            request.path,
-            response.status_code,
-            elapsed,
-            access.address(),
-        )
+        if logs.wants_access_line(response.status_code):
+            logs.access_line(
+                g.get("request_id", ""),
+                request.method,
+                request.path,
+                response.status_code,
+                elapsed,
+                access.address(),
+            )
         return response

@@ -85,12 +85,10 @@ class FastRedirect:
         )
         elapsed = time.perf_counter() - started
         metrics.observe_request("GET", _ENDPOINT, status, elapsed)
-        logs.access_line(
-            request_id,
-            "GET",
-            environ.get("PATH_INFO", ""),
-            status,
-            elapsed,
-            client_address(environ.get("REMOTE_ADDR"), environ.get("HTTP_X_REAL_IP"), self.services.trusted_proxies),
-        )
+        # The client address is worked out only for a line that will be written (behind Nginx,
+        # SHORTENER_ACCESS_LOG=errors writes none for a redirect).
+        if logs.wants_access_line(status):
+            remote = environ.get("REMOTE_ADDR")
+            client = client_address(remote, environ.get("HTTP_X_REAL_IP"), self.services.trusted_proxies)
+            logs.access_line(request_id, "GET", environ.get("PATH_INFO", ""), status, elapsed, client)
         return [b""]

@@ -22,9 +22,13 @@ def request_id(incoming: str) -> str:
     return incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
 
 
+def wants_access_line(status: int) -> bool:
+    return status >= _access_from_status
+
+
 def access_line(request_id: str, method: str, path: str, status: int, elapsed: float, remote_addr: str | None) -> None:
     """The one JSON line per request, written by Flask and by the fast path alike."""
-    if status < _access_from_status:
+    if not wants_access_line(status):
         return
     _access.info(
         "request",

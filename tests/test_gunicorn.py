@@ -322,3 +322,55 @@ def test_starts_when_the_metrics_directory_does_not_exist_yet(stack: Services, _
         assert requests.get(f"{instance.base_url}/metrics", timeout=10).status_code == 200
     finally:
         instance.stop()
+
+
+# --- (e) the keys profile under Gunicorn ------------------------------------------------------
+
+
+def test_keys_profile_under_gunicorn_limits_across_workers_and_keeps_keys_out_of_logs(
+    stack: Services, clean: Services, tmp_path: Path
+) -> None:
+    from app import keys
+
+    env = {
+        **stack.env(),
+        "SHORTENER_ACCESS_PROFILE": "keys",
+        "SHORTENER_RATE_LIMIT_ANONYMOUS_CREATE": "5/minute",
+        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"),
+    }
+    with run_gunicorn(env, log_dir=tmp_path) as gun:
+        admin = keys.generate()
+        stored = requests.post(f"{gun.base_url}/keys", json={"admin": True}, timeout=5)
+        assert stored.status_code == 401 and stored.headers["WWW-Authenticate"].startswith("Bearer")
+        conn = psycopg2.connect(stack.direct_database_url)
+        try:
+            with conn, conn.cursor() as cur:
+                cur.execute(
+                    "INSERT INTO api_keys (is_admin, name, prefix, key_hash) VALUES (true, 'g', %s, %s)",
+                    (admin[:12], keys.key_hash(admin)),
+                )
+        finally:
+            conn.close()
+        auth = {"Authorization": f"Bearer {admin}"}
+        assert requests.get(f"{gun.base_url}/users", headers=auth, timeout=5).status_code == 200
+        # One budget for the client address, however the requests spread over the two workers
+        # (the counters live in Redis).
+        with ThreadPoolExecutor(4) as pool:
+            statuses = list(
+                pool.map(
+                    lambda i: requests.post(
+                        f"{gun.base_url}/urls", json={"original_url": f"https://e.com/{i}"}, timeout=5
+                    ),
+                    range(8),
+                )
+            )
+        codes = sorted(r.status_code for r in statuses)
+        assert codes == [201] * 5 + [429] * 3
+        refused = next(r for r in statuses if r.status_code == 429)
+        assert refused.json()["error"] and int(refused.headers["Retry-After"]) >= 1
+        metrics = requests.get(f"{gun.base_url}/metrics", timeout=5).text
+        assert 'shortener_rate_limited_total{key="",limit="anonymous_create",scope="anonymous"} 3.0' in metrics
+    log = gun.log_path.read_text()
+    assert admin not in log and admin[4:] not in log
+    assert '"status": 401' in log and '"status": 429' in log
+    assert not _problems_in_log(log)

@@ -158,3 +158,18 @@ def test_access_log_setting_rejects_other_values(monkeypatch):
         Settings()
     monkeypatch.setenv("SHORTENER_ACCESS_LOG", "errors")
     assert Settings().access_log == "errors"
+
+
+def test_address_lists_and_the_trusted_client_address():
+    from app.addresses import Networks, client_address
+
+    nets = Networks("10.0.0.0/8, ,::1,192.0.2.7")
+    assert nets.contains("10.2.3.4") and nets.contains("::1") and nets.contains("192.0.2.7")
+    assert nets.contains("::ffff:10.1.1.1")  # an IPv4 peer seen on an IPv6 socket
+    assert not nets.contains("11.0.0.1") and not nets.contains("not-an-ip") and not nets.contains(None)
+    with pytest.raises(ValueError, match="not an address"):
+        Networks("10.0.0.0/8,10.0.0.0/33")
+    loopback = Networks("127.0.0.0/8")
+    assert client_address("127.0.0.1", " 198.51.100.2 ", loopback) == "198.51.100.2"
+    assert client_address("203.0.113.1", "198.51.100.2", loopback) == "203.0.113.1"
+    assert client_address("127.0.0.1", None, loopback) == "127.0.0.1"
