@@ -12,8 +12,8 @@ Command line (the deployment calls ``ensure-admin``; docs/deployment.md)::
     python -m app.keys list
     python -m app.keys revoke ID_OR_PREFIX
 
-It reads the same SHORTENER_* environment as the service and applies pending migrations
-first.
+It reads the same SHORTENER_* environment as the service and, where the service migrates on
+start (SHORTENER_MIGRATE_ON_START), applies pending migrations first.
 """
 
 from __future__ import annotations
@@ -181,7 +181,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging("WARNING")
     db = Database(settings.database_url, 1, 30.0, settings.db_connect_timeout)
     try:
-        migrate(db, settings)
+        # Like the service: where the deployment migrates as the schema's owner, this role
+        # may not (and need not) change the schema.
+        if settings.migrate_on_start:
+            migrate(db, settings)
         print(args.run(db, args))
     except CliError as exc:
         print(f"error: {exc}", file=sys.stderr)
