@@ -162,13 +162,13 @@ def test_the_whole_contract_works_with_the_admin_key(api):
 # --- schemathesis -------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def api_schema():
-    return schemathesis.openapi.from_url(f"{BASE}/openapi.json")
-
-
-# Revoking keys at random could revoke the admin key the rest of the verify step uses.
-schema = schemathesis.pytest.from_fixture("api_schema").exclude(method="DELETE", path_regex="^/keys")
+# Loaded when the module is collected (verify runs after converge: the host answers). The
+# lazy loader (schemathesis.pytest.from_fixture) fails under pytest 9 ("'Function' object has
+# no attribute '_nodeid'"). Revoking keys at random could revoke the admin key the rest of the
+# verify step uses: DELETE /keys/{id} is left out.
+schema = schemathesis.openapi.from_url(f"{BASE}/openapi.json", wait_for_schema=60).exclude(
+    method="DELETE", path_regex="^/keys"
+)
 
 
 @schema.parametrize()
@@ -177,8 +177,11 @@ def test_schemathesis_finds_no_5xx_and_no_html(case, admin_headers):
     response = case.call(base_url=BASE, headers=admin_headers, timeout=15, allow_redirects=False)
     where = f"{case.method} {case.formatted_path} -> {response.status_code}"
     assert response.status_code < 500, f"{where}: {response.text[:300]}"
-    content_type = response.headers.get("Content-Type", "")
-    assert "html" not in content_type, f"{where}: {content_type}"
+    # schemathesis' Response: header names in lower case, each with a list of values.
+    content_type = ", ".join(response.headers.get("content-type", []))
+    # An HTML page is what must never come back. Flask's automatic OPTIONS answer is 200 with an
+    # Allow header, no body and the default text/html type: not a page, so it passes.
+    assert not ("html" in content_type and response.content.strip()), f"{where}: {content_type} {response.text[:200]}"
     if response.status_code >= 400:
         assert content_type.startswith("application/json"), f"{where}: {content_type} {response.text[:200]}"
         assert "error" in response.json(), f"{where}: {response.text[:200]}"
