@@ -12,7 +12,7 @@ what follows the link: percent-escapes and Unicode dots are decoded, full-width 
 browsers accept (``2130706433``, ``0x7f.1``, ``0177.0.0.1``, ``127.1``).
 
 What this cannot see: a public name whose DNS points at a private address (the service never
-resolves targets; see docs/security-parts/input.md, "What is left").
+resolves targets; see docs/security.md, "Input").
 """
 
 from __future__ import annotations
