@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import threading
 import time
 import uuid
@@ -29,7 +28,6 @@ UNITS = (
     "shortener-clickworker",
     *(f"shortener@{port}" for port in INSTANCES),
 )
-PRIVATE_PORTS = (5432, 6432, 6379, 9101, *INSTANCES)
 
 
 @pytest.fixture(scope="module")
@@ -59,19 +57,6 @@ def test_unit_is_active_and_enabled(host, unit):
     service = host.service(unit)
     assert service.is_running, unit
     assert service.is_enabled, unit
-
-
-def test_only_ssh_and_http_are_reachable_from_outside(address):
-    def is_open(port: int) -> bool:
-        try:
-            with socket.create_connection((address, port), timeout=2):
-                return True
-        except OSError:
-            return False
-
-    assert is_open(22) and is_open(80)
-    reachable = [port for port in PRIVATE_PORTS if is_open(port)]
-    assert reachable == []
 
 
 def test_health_through_nginx(base):
