@@ -193,12 +193,10 @@ def test_security_headers(address, ca):
     assert page.raw.headers.getlist("Content-Security-Policy") == [page.headers["Content-Security-Policy"]]
 
 
-def test_creation_burst_is_limited_while_visitors_are_not(address):
+def test_creation_burst_is_limited_while_visitors_are_not(address, api):
     base = f"http://{address}"
-    visitor_link = requests.post(f"{base}/urls", json={"original_url": "https://example.com/visitor"}, timeout=5)
-    if visitor_link.status_code == 429:  # an earlier test's creations: the bucket refills at 1/s
-        time.sleep(CREATE_BURST / CREATE_RATE)
-        visitor_link = requests.post(f"{base}/urls", json={"original_url": "https://example.com/visitor"}, timeout=5)
+    # The visitor's link is made with the admin key, outside the anonymous budgets under test.
+    visitor_link = api.post(f"{base}/urls", json={"original_url": "https://example.com/visitor"}, timeout=5)
     assert visitor_link.status_code == 201, visitor_link.text
     code = visitor_link.json()["short_code"]
 
@@ -231,12 +229,15 @@ def test_creation_burst_is_limited_while_visitors_are_not(address):
     created = [a for a in answers if a.status_code == 201]
     limited = [a for a in answers if a.status_code == 429]
     assert len(created) + len(limited) == len(answers), {a.status_code for a in answers}
-    assert created, "not one creation passed"
     assert len(created) <= CREATE_BURST + 1 + elapsed * CREATE_RATE + 1
     assert limited, "40 creations in a row were never limited"
     for answer in limited:
-        assert answer.json() == {"error": "Too many requests"}
+        # Nginx's per-address bucket, or the service's anonymous-creation budget per address
+        # (6 a minute by default), whichever this address exhausts first: JSON either way.
+        assert answer.json()["error"].startswith("Too many requests"), answer.text
         assert int(answer.headers["Retry-After"]) >= 1
+    # 40 in about a second overrun Nginx's bucket (burst 10 at 1/s) whatever the service did.
+    assert any(answer.json() == {"error": "Too many requests"} for answer in limited), "Nginx never limited"
     assert len(visits) >= 10
     assert set(visits) == {302}, f"a visitor was limited: {sorted(set(visits))}"
     # Leave the bucket full for the tests after this one.
