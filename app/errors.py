@@ -7,12 +7,13 @@ import logging
 from typing import Any, TypeVar
 
 import psycopg2
-from flask import Flask, Response, current_app, jsonify, request
+from flask import Flask, Response, jsonify, request
 from pydantic import BaseModel, ValidationError
 from werkzeug.exceptions import HTTPException
 
 from app.cache import Unavailable as CacheUnavailable
 from app.db import DatabaseUnavailable
+from app.services import services
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ def json_object() -> dict[str, Any]:
     if charset not in ("utf-8", "utf8"):
         raise ApiError(400, "A JSON body must be UTF-8", {"Content-Type": f"charset {charset[:40]!r} is not UTF-8"})
     raw = request.get_data(cache=False)
-    max_depth = current_app.extensions["shortener"].settings.json_max_depth
+    max_depth = services().settings.json_max_depth
     try:
         body = json.loads(raw.decode("utf-8"))
     except RecursionError as exc:

@@ -14,10 +14,11 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from email_validator import EmailNotValidError, validate_email
-from flask import current_app, has_app_context
+from flask import has_app_context
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
 from app import urlpolicy
+from app.services import services
 
 MAX_URL_LENGTH = 2048
 CODE_PATTERN = r"^[A-Za-z0-9_-]{3,32}$"
@@ -76,11 +77,7 @@ DEFAULT_DETAILS_MAX_BYTES = 16 * 1024
 def _bounded_details(value: dict[str, Any]) -> dict[str, Any]:
     """An event's details are served back in every listing: their size is capped (the
     setting event_details_max_bytes; counted as compact UTF-8 JSON, as the client sent it)."""
-    limit = (
-        current_app.extensions["shortener"].settings.event_details_max_bytes
-        if has_app_context()
-        else DEFAULT_DETAILS_MAX_BYTES
-    )
+    limit = services().settings.event_details_max_bytes if has_app_context() else DEFAULT_DETAILS_MAX_BYTES
     size = len(json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "surrogatepass"))
     if size > limit:
         raise ValueError(f"must be at most {limit} bytes as JSON (is {size})")
