@@ -15,8 +15,10 @@ LAB         := python3 $(ROOT)/lab/lab.py
 APT_PACKAGES := python3-venv python3-dev gcc libpq-dev postgresql pgbouncer redis-server \
                 chromium chromium-driver systemd-container debootstrap iptables openssh-client \
                 curl ca-certificates rsync prometheus prometheus-alertmanager
-LAB_HOST    := lab-aio=10.213.0.10
-LAB_ADDR    := 10.213.0.10
+# make up's all-in-one host: its name and address live in labkit/hosts.py (and its inventory).
+LAB_AIO     := $(shell cd $(ROOT) && python3 -c 'from labkit.hosts import AIO_NAME, AIO_ADDRESS; print(AIO_NAME, AIO_ADDRESS)')
+LAB_HOST    := $(word 1,$(LAB_AIO))=$(word 2,$(LAB_AIO))
+LAB_ADDR    := $(word 2,$(LAB_AIO))
 export ANSIBLE_CONFIG := $(ROOT)/ansible/ansible.cfg
 
 .PHONY: help deps venv requirements lint test test-service test-molecule test-cluster up down dev seed clean loadtest bench openloop
@@ -96,15 +98,15 @@ down: ## remove the lab host(s), the bridge and the NAT rule
 
 loadtest: venv ## Locust ladder (50 .. 5000 users) against the lab host: CSV, markdown table, charts (LOADTEST_ARGS=...)
 	$(PY) -m pip install -q -r $(ROOT)/loadtests/requirements.txt
-	$(PY) $(ROOT)/loadtests/run.py --target http://$(LAB_ADDR) $(LOADTEST_ARGS)
+	cd $(ROOT) && $(PY) -m loadtests.run --target http://$(LAB_ADDR) $(LOADTEST_ARGS)
 
 bench: venv ## wrk: hot/cold redirect, link creation vs static-302 and bare-WSGI references; click count check (BENCH_ARGS=...)
 	command -v wrk >/dev/null || { apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends wrk >/dev/null; }
-	$(PY) $(ROOT)/loadtests/bench.py --target http://$(LAB_ADDR) $(BENCH_ARGS)
+	cd $(ROOT) && $(PY) -m loadtests.bench --target http://$(LAB_ADDR) $(BENCH_ARGS)
 
 openloop: venv ## hey: latency at fixed offered redirect rates over 1000 open connections; click check (OPENLOOP_ARGS=...)
 	command -v hey >/dev/null || { apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends hey >/dev/null; }
-	$(PY) $(ROOT)/loadtests/openloop.py --target http://$(LAB_ADDR) $(OPENLOOP_ARGS)
+	cd $(ROOT) && $(PY) -m loadtests.openloop --target http://$(LAB_ADDR) $(OPENLOOP_ARGS)
 
 dev: venv ## run the service locally (Flask dev server) against private PostgreSQL and Redis
 	eval "$$($(PY) -m devstack up)"

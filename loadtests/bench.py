@@ -1,7 +1,7 @@
 """Throughput benchmark with wrk: the redirect path against two references, in ONE run.
 
-    python loadtests/bench.py                 # against the lab host 10.213.0.10
-    python loadtests/bench.py --seconds 20 --connections 100
+    python -m loadtests.bench                 # against make up's lab host (labkit.hosts)
+    python -m loadtests.bench --seconds 20 --connections 100
 
 Phases, one after the other, each ``wrk -t THREADS -c CONNECTIONS`` for ``--seconds``:
 
@@ -41,11 +41,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+from labkit.hosts import DEFAULT_TARGET
+from loadtests import apikey, labssh
 
-import apikey  # noqa: E402 - after the path is set
-import labssh  # noqa: E402
+HERE = Path(__file__).resolve().parent
 
 LUA_DIR = HERE / "wrk"
 BENCH_CONF = "/etc/nginx/conf.d/zz-shortener-bench.conf"
@@ -310,7 +309,7 @@ def wait_for_clicks(host: str, expect: dict[str, tuple[str, int]], timeout: floa
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--target", default="http://10.213.0.10")
+    parser.add_argument("--target", default=DEFAULT_TARGET)
     parser.add_argument("--lab-host", default=None, help="SSH address of the host (default: the target's)")
     parser.add_argument("--seconds", type=int, default=15, help="measured seconds per phase")
     parser.add_argument("--grace", type=int, default=3, help="extra seconds after a counted phase (no clicks)")

@@ -1,8 +1,8 @@
 """Profile the hot redirect under load: wrk drives one cached link through Nginx while py-spy
 samples Gunicorn workers on the lab host; prints where the workers' time goes.
 
-    python loadtests/hotprofile.py                   # 25 s, every worker of instance 8001
-    python loadtests/hotprofile.py --seconds 40 --instance 8002 --out /tmp/prof
+    python -m loadtests.hotprofile                   # 25 s, every worker of instance 8001
+    python -m loadtests.hotprofile --seconds 40 --instance 8002 --out /tmp/prof
 
 py-spy (the PyPI package's static binary from this machine's .venv) is copied to the host's
 /usr/local/bin for the run. Output: one collapsed-stack file per worker (``py-spy record
@@ -24,11 +24,10 @@ import urllib.request
 from pathlib import Path
 from urllib.parse import urlparse
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+from labkit.hosts import DEFAULT_TARGET
+from loadtests import apikey, labssh
 
-import apikey  # noqa: E402 - after the path is set
-import labssh  # noqa: E402
+HERE = Path(__file__).resolve().parent
 
 
 def summarize(files: list[Path], top: int) -> str:
@@ -73,7 +72,7 @@ def cpu_snapshot(host: str) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--target", default="http://10.213.0.10")
+    parser.add_argument("--target", default=DEFAULT_TARGET)
     parser.add_argument("--seconds", type=int, default=25)
     parser.add_argument("--connections", type=int, default=100)
     parser.add_argument("--instance", default="8001", help="the instance (port) whose workers are sampled")

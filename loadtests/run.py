@@ -1,7 +1,7 @@
 """The load ladder: Locust headless against a target at growing user counts.
 
-    python loadtests/run.py                      # http://10.213.0.10, 50 .. 5000 users
-    python loadtests/run.py --users 50,200 --step-seconds 30 --processes 2
+    python -m loadtests.run                      # make up's lab host, 50 .. 5000 users
+    python -m loadtests.run --users 50,200 --step-seconds 30 --processes 2
 
 Per step: Locust runs ``--step-seconds`` in all (users spawned over ``--ramp-seconds``, then
 the statistics are reset, so the figures describe the steady part only). Writes, in
@@ -28,12 +28,11 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from urllib.parse import urlparse
 
+from labkit.hosts import DEFAULT_TARGET, is_lab_address
+from loadtests import apikey, labssh
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-sys.path.insert(0, str(HERE))
-
-import apikey  # noqa: E402 - after the path is set
-import labssh  # noqa: E402
 
 DEFAULT_SEED = ROOT.parent / "shared" / "seed"
 
@@ -288,7 +287,7 @@ def charts(steps: list[Step], out: Path, img_dir: Path | None) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--target", default="http://10.213.0.10", help="base URL (default %(default)s)")
+    parser.add_argument("--target", default=DEFAULT_TARGET, help="base URL (default %(default)s)")
     parser.add_argument("--users", default="50,200,500,1000,2000,5000", help="comma-separated user counts")
     parser.add_argument("--step-seconds", type=int, default=60, help="length of each step, spawn included")
     parser.add_argument("--ramp-seconds", type=int, default=15, help="spawn all users within this time")
@@ -315,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
         args.img_dir = None
     host = urlparse(args.target).hostname
     if args.lab_host is None:
-        args.lab_host = host if host and host.startswith("10.213.0.") else None
+        args.lab_host = host if is_lab_address(host) else None
     users = [int(u) for u in args.users.split(",") if u.strip()]
     out = args.out or HERE / "results" / time.strftime("ladder-%Y%m%d-%H%M%S")
     out.mkdir(parents=True, exist_ok=True)

@@ -7,17 +7,17 @@ would reach it.
 
 from __future__ import annotations
 
-import os
 import re
-import threading
 import time
 import uuid
 
 import pytest
 import requests
-import testinfra.utils.ansible_runner
 
-testinfra_hosts = testinfra.utils.ansible_runner.AnsibleRunner(os.environ["MOLECULE_INVENTORY_FILE"]).get_hosts("all")
+from labkit.hosts import hosts_of
+from labkit.traffic import Traffic
+
+testinfra_hosts = hosts_of("all")
 
 INSTANCES = (8001, 8002, 8003)
 UNITS = (
@@ -138,21 +138,8 @@ def _main_pid(host, unit: str) -> int:
 
 def test_killed_instance_comes_back_and_requests_do_not_fail(host, api, base):
     code = api.post(f"{base}/urls", json={"original_url": "https://example.com/kill"}, timeout=5).json()["short_code"]
-    statuses: list[int] = []
-    stop = threading.Event()
-
-    def traffic() -> None:
-        while not stop.is_set():
-            try:
-                statuses.append(requests.get(f"{base}/{code}", allow_redirects=False, timeout=5).status_code)
-            except requests.RequestException:
-                statuses.append(0)
-            time.sleep(0.01)
-
     old_pid = _main_pid(host, "shortener@8001")
-    thread = threading.Thread(target=traffic)
-    thread.start()
-    try:
+    with Traffic(f"{base}/{code}", interval=0.01) as traffic:
         time.sleep(1)
         host.run(f"kill -9 {old_pid}")
         killed_at = time.monotonic()
@@ -165,12 +152,9 @@ def test_killed_instance_comes_back_and_requests_do_not_fail(host, api, base):
                 break
             time.sleep(0.5)
         time.sleep(2)
-    finally:
-        stop.set()
-        thread.join()
     assert back_after is not None, "shortener@8001 did not come back within 30 s"
-    print(f"shortener@8001 back {back_after:.1f} s after kill -9; {len(statuses)} requests meanwhile")
-    assert statuses and set(statuses) == {302}, {s: statuses.count(s) for s in set(statuses)}
+    print(f"shortener@8001 back {back_after:.1f} s after kill -9; {len(traffic.answers)} requests meanwhile")
+    assert traffic.answers and set(traffic.answers) == {302}, traffic.counts()
 
 
 def test_reboot_brings_everything_back_without_data_loss(host, api, base):

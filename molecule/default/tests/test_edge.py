@@ -9,19 +9,20 @@ requests go through raw sockets: `requests` would normalise them into harmless o
 from __future__ import annotations
 
 import json
-import os
 import socket
 import ssl
-import threading
 import time
 import uuid
 from pathlib import Path
 
 import pytest
 import requests
-import testinfra.utils.ansible_runner
 
-testinfra_hosts = testinfra.utils.ansible_runner.AnsibleRunner(os.environ["MOLECULE_INVENTORY_FILE"]).get_hosts("lb")
+from labkit.hosts import hosts_of
+from labkit.probes import port_open
+from labkit.traffic import Traffic
+
+testinfra_hosts = hosts_of("lb")
 
 ROOT = Path(__file__).resolve().parents[3]
 LAB_CA = ROOT / "ansible" / ".secrets" / "lab_ca" / "ca.crt"
@@ -200,19 +201,8 @@ def test_creation_burst_is_limited_while_visitors_are_not(address, api):
     assert visitor_link.status_code == 201, visitor_link.text
     code = visitor_link.json()["short_code"]
 
-    visits: list[int] = []
-    stop = threading.Event()
-
-    def visitor() -> None:
-        with requests.Session() as session:
-            while not stop.is_set():
-                started = time.monotonic()
-                visits.append(session.get(f"{base}/{code}", allow_redirects=False, timeout=5).status_code)
-                stop.wait(max(0.0, 0.05 - (time.monotonic() - started)))  # 20 a second
-
-    thread = threading.Thread(target=visitor)
-    thread.start()
-    try:
+    # A visitor's 20 redirects a second go on while the burst of creations is limited.
+    with Traffic(f"{base}/{code}", interval=0.05) as visitor:
         tag = uuid.uuid4().hex[:8]
         started = time.monotonic()
         with requests.Session() as session:
@@ -222,9 +212,6 @@ def test_creation_burst_is_limited_while_visitors_are_not(address, api):
             ]
         elapsed = time.monotonic() - started
         time.sleep(1)
-    finally:
-        stop.set()
-        thread.join()
 
     created = [a for a in answers if a.status_code == 201]
     limited = [a for a in answers if a.status_code == 429]
@@ -238,8 +225,8 @@ def test_creation_burst_is_limited_while_visitors_are_not(address, api):
         assert int(answer.headers["Retry-After"]) >= 1
     # 40 in about a second overrun Nginx's bucket (burst 10 at 1/s) whatever the service did.
     assert any(answer.json() == {"error": "Too many requests"} for answer in limited), "Nginx never limited"
-    assert len(visits) >= 10
-    assert set(visits) == {302}, f"a visitor was limited: {sorted(set(visits))}"
+    assert len(visitor.answers) >= 10
+    assert set(visitor.answers) == {302}, f"a visitor was limited: {visitor.counts()}"
     # Leave the bucket full for the tests after this one.
     time.sleep(CREATE_BURST / CREATE_RATE)
 
@@ -270,17 +257,10 @@ def test_https_with_the_lab_certificate(address, ca):
 
 
 def test_only_ssh_http_https_and_the_console_answer_from_outside(address):
-    def is_open(port: int) -> bool:
-        try:
-            with socket.create_connection((address, port), timeout=2):
-                return True
-        except OSError:
-            return False
-
     candidates = (22, 80, 443, 8080, 8443, 5432, 6432, 6379, 8001, 8002, 8003, 9090, 9093, 9095, 9100, 9101)
     candidates += (9113, 9115, 9121, 9127, 9187, 19531, 19532)
     # The console's port is open here because this machine is on the lab bridge, the lab's admin network.
-    assert [port for port in candidates if is_open(port)] == [22, 80, 443, CONSOLE_PORT]
+    assert [port for port in candidates if port_open(address, port)] == [22, 80, 443, CONSOLE_PORT]
 
 
 def test_console_is_https_only_and_for_the_admin_network(host, address, ca):

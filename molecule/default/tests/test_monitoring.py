@@ -23,7 +23,6 @@ import json
 import os
 import re
 import shlex
-import socket
 import time
 import uuid
 from pathlib import Path
@@ -34,12 +33,11 @@ import testinfra
 import yaml
 from conftest import admin_api_key
 
-if "MOLECULE_INVENTORY_FILE" in os.environ:
-    import testinfra.utils.ansible_runner
+from labkit.hosts import hosts_of
+from labkit.probes import port_open
 
-    testinfra_hosts = testinfra.utils.ansible_runner.AnsibleRunner(os.environ["MOLECULE_INVENTORY_FILE"]).get_hosts(
-        "monitoring"
-    )
+if "MOLECULE_INVENTORY_FILE" in os.environ:
+    testinfra_hosts = hosts_of("monitoring")
 
 ROOT = Path(__file__).resolve().parents[3]
 RULE_FILES = sorted((ROOT / "ansible/roles/prometheus/files/rules").glob("*.yml"))
@@ -319,14 +317,7 @@ def test_logs_of_one_instance_for_the_last_10_minutes(address, app_hostname):
 
 
 def test_monitoring_ports_are_not_reachable_from_outside(host):
-    def is_open(address: str, port: int) -> bool:
-        try:
-            with socket.create_connection((address, port), timeout=2):
-                return True
-        except OSError:
-            return False
-
     # Prometheus, Alertmanager, the sink, the exporters, the journal gateway itself, on every host
     ports = (9090, 9093, 9095, 9100, 9101, 9113, 9115, 9121, 9127, 9187, 19531)
     addresses = [address_of(host, name) for name in names_in(host, "all")]
-    assert [(a, p) for a in addresses for p in ports if is_open(a, p)] == []
+    assert [(a, p) for a in addresses for p in ports if port_open(a, p)] == []
