@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections import Counter
 from types import TracebackType
 
@@ -14,13 +13,16 @@ class Traffic:
     """GETs `url` (redirects not followed) until the `with` block ends.
 
     Each answer is recorded as its status code, each failed request as the exception's class
-    name (a refused or reset connection is an answer the test must see). `interval` paces the
-    requests (0: as fast as they come back).
+    name (a refused or reset connection is an answer the test must see). `pause` is the wait
+    after each answer (0: as fast as they come back). Each request opens a connection of its own
+    unless `keep_alive`: a kept connection that the server closes between two requests (its
+    keep-alive limit) fails the next one, which is the client's race, not the fault's.
     """
 
-    def __init__(self, url: str, *, interval: float = 0.0, timeout: float = 5.0) -> None:
+    def __init__(self, url: str, *, pause: float = 0.0, keep_alive: bool = False, timeout: float = 5.0) -> None:
         self.url = url
-        self.interval = interval
+        self.pause = pause
+        self.keep_alive = keep_alive
         self.timeout = timeout
         self.answers: list[int | str] = []
         self._stop = threading.Event()
@@ -28,14 +30,14 @@ class Traffic:
 
     def _run(self) -> None:
         with requests.Session() as session:
+            client = session if self.keep_alive else requests
             while not self._stop.is_set():
-                started = time.monotonic()
                 try:
-                    answer = session.get(self.url, allow_redirects=False, timeout=self.timeout)
+                    answer = client.get(self.url, allow_redirects=False, timeout=self.timeout)
                     self.answers.append(answer.status_code)
                 except requests.RequestException as error:
                     self.answers.append(type(error).__name__)
-                self._stop.wait(max(0.0, self.interval - (time.monotonic() - started)))
+                self._stop.wait(self.pause)
 
     def __enter__(self) -> Traffic:
         self._thread.start()

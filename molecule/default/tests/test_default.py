@@ -139,7 +139,7 @@ def _main_pid(host, unit: str) -> int:
 def test_killed_instance_comes_back_and_requests_do_not_fail(host, api, base):
     code = api.post(f"{base}/urls", json={"original_url": "https://example.com/kill"}, timeout=5).json()["short_code"]
     old_pid = _main_pid(host, "shortener@8001")
-    with Traffic(f"{base}/{code}", interval=0.01) as traffic:
+    with Traffic(f"{base}/{code}", pause=0.01) as traffic:
         time.sleep(1)
         host.run(f"kill -9 {old_pid}")
         killed_at = time.monotonic()

@@ -202,7 +202,7 @@ def test_creation_burst_is_limited_while_visitors_are_not(address, api):
     code = visitor_link.json()["short_code"]
 
     # A visitor's 20 redirects a second go on while the burst of creations is limited.
-    with Traffic(f"{base}/{code}", interval=0.05) as visitor:
+    with Traffic(f"{base}/{code}", pause=0.05, keep_alive=True) as visitor:
         tag = uuid.uuid4().hex[:8]
         started = time.monotonic()
         with requests.Session() as session:
