@@ -39,7 +39,7 @@ INSTANCES = (8001, 8002, 8003)
 # Units by the inventory group whose hosts run them.
 UNITS_BY_GROUP = {
     "all": ["prometheus-node-exporter.service", "systemd-journal-gatewayd.service"],
-    "lb": ["nginx.service", "prometheus-nginx-exporter.service"],
+    "lb": ["nginx.service", "prometheus-nginx-exporter.service", "mtail.service"],
     "db": [
         "postgresql@15-main.service",
         "pgbouncer.service",

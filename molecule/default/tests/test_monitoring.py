@@ -200,7 +200,7 @@ def test_every_target_is_up(host):
             labels = target["labels"]
             print(f"{labels['job']:24} {labels['instance']:32} {target['health']} {target['lastError']}")
     jobs = {t["labels"]["job"] for t in targets}
-    assert {"shortener", "shortener_clickworker", "node", "blackbox_http", "alertmanager"} <= jobs
+    assert {"shortener", "shortener_clickworker", "node", "blackbox_http", "alertmanager", "mtail"} <= jobs
     # each instance scraped directly, on every app host, and every host's node exporter
     assert sum(t["labels"]["job"] == "shortener" for t in targets) == len(INSTANCES) * len(names_in(host, "app"))
     assert sum(t["labels"]["job"] == "node" for t in targets) == len(names_in(host, "all"))
@@ -318,6 +318,6 @@ def test_logs_of_one_instance_for_the_last_10_minutes(address, app_hostname):
 
 def test_monitoring_ports_are_not_reachable_from_outside(host):
     # Prometheus, Alertmanager, the sink, the exporters, the journal gateway itself, on every host
-    ports = (9090, 9093, 9095, 9100, 9101, 9113, 9115, 9121, 9127, 9187, 19531)
+    ports = (3903, 9090, 9093, 9095, 9100, 9101, 9113, 9115, 9121, 9127, 9187, 19531)
     addresses = [address_of(host, name) for name in names_in(host, "all")]
     assert [(a, p) for a in addresses for p in ports if port_open(a, p)] == []
