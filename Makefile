@@ -19,9 +19,13 @@ APT_PACKAGES := python3-venv python3-dev gcc libpq-dev postgresql pgbouncer redi
 LAB_AIO     := $(shell cd $(ROOT) && python3 -c 'from labkit.hosts import AIO_NAME, AIO_ADDRESS; print(AIO_NAME, AIO_ADDRESS)')
 LAB_HOST    := $(word 1,$(LAB_AIO))=$(word 2,$(LAB_AIO))
 LAB_ADDR    := $(word 2,$(LAB_AIO))
+# The fresh host `make restore-drill` restores onto (made and removed by the target).
+DRILL_HOST  := lab-drill=10.213.0.11
+DRILL_INVENTORY := inventories/lab
+RESTORE_TARGET ?=
 export ANSIBLE_CONFIG := $(ROOT)/ansible/ansible.cfg
 
-.PHONY: help deps venv requirements lint test test-service test-molecule test-cluster up down dev seed clean loadtest bench openloop
+.PHONY: help deps venv requirements lint test test-service test-molecule test-cluster up down dev seed clean loadtest bench openloop restore-drill
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -92,6 +96,14 @@ up: venv ## deploy the whole stack to a local lab host and print where it answer
 	echo "logs in a browser: https://$(LAB_ADDR):8443/logs/  (lab CA: ansible/.secrets/lab_ca/ca.crt; user operator, password in ansible/.secrets/journal_gateway_password)"
 	echo "pages sent to the lab's Discord sink: python3 lab/lab.py ssh lab-aio curl -s 127.0.0.1:9095/messages"
 	echo "shell on the host: python3 lab/lab.py shell lab-aio;  remove it: make down"
+
+restore-drill: venv ## restore the latest backup (or RESTORE_TARGET='YYYY-MM-DD HH:MM:SS', UTC) onto a fresh lab host: data compared, RTO printed
+	name=$(firstword $(subst =, ,$(DRILL_HOST))); addr=$(lastword $(subst =, ,$(DRILL_HOST)))
+	$(LAB) down "$$name" >/dev/null 2>&1 || true
+	$(LAB) up $(DRILL_HOST)
+	cd $(ROOT)/ansible && $(BIN)/ansible-playbook -i $(DRILL_INVENTORY) playbooks/restore-drill.yml \
+	  -e "$$(printf '{"restore_drill_name": "%s", "restore_drill_address": "%s", "restore_drill_target": "%s"}' "$$name" "$$addr" "$(RESTORE_TARGET)")"
+	$(LAB) down "$$name"
 
 down: ## remove the lab host(s), the bridge and the NAT rule
 	$(LAB) down
