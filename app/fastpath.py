@@ -31,6 +31,8 @@ _ENDPOINT = "/<short_code>"
 # The environ key that hands a cache answer (a miss, "-" or "!") on to app/api/redirect.py.
 CACHED_KEY = "shortener.cached"  # the route label Flask's instrumentation gives redirects
 
+_CLICK_ID_ENV = "HTTP_" + clicks.CLICK_ID_HEADER.upper().replace("-", "_")
+
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 
@@ -56,7 +58,13 @@ class FastRedirect:
             return self.inner(environ, start_response)
         started = time.perf_counter()
         code = match.group(1)
-        click = clicks.new_click(environ.get("HTTP_REFERER"), environ.get("HTTP_USER_AGENT"))
+        request_id = logs.request_id(environ.get("HTTP_X_REQUEST_ID", ""))
+        click = clicks.new_click(
+            environ.get("HTTP_REFERER"), environ.get("HTTP_USER_AGENT"), request_id, environ.get(_CLICK_ID_ENV)
+        )
+        # Whatever Flask does next counts this click under the same id: if Redis ran the
+        # script but answered too late, the click is stored once (app/clicks.py).
+        environ[_CLICK_ID_ENV] = click.click_id
         try:
             cached = cache.lookup_and_click(code, click)
         except Unavailable:
@@ -64,12 +72,12 @@ class FastRedirect:
         if not cached or cached in (NEGATIVE, TOMBSTONE):
             # Flask's redirect takes this answer instead of asking Redis a second time.
             environ[CACHED_KEY] = cached
+            environ["HTTP_X_REQUEST_ID"] = request_id  # Flask logs and answers the same id
             return self.inner(environ, start_response)
         link = CachedLink.decode(cached)
         metrics.cache_requests("hit").inc()
         metrics.CLICKS_QUEUED.inc()
 
-        request_id = logs.request_id(environ.get("HTTP_X_REQUEST_ID", ""))
         location = link.original_url if link.original_url.isascii() else iri_to_uri(link.original_url)
         status = link.status
         # The status line as Werkzeug writes it ("302 FOUND"), so both paths answer alike.
