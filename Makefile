@@ -14,7 +14,8 @@ BIN         := $(VENV)/bin
 LAB         := python3 $(ROOT)/lab/lab.py
 APT_PACKAGES := python3-venv python3-dev gcc libpq-dev postgresql pgbouncer redis-server \
                 chromium chromium-driver systemd-container debootstrap iptables openssh-client \
-                curl ca-certificates rsync prometheus prometheus-alertmanager
+                curl ca-certificates rsync prometheus prometheus-alertmanager \
+                nginx libnginx-mod-http-lua lua-nginx-redis
 LAB_HOST    := lab-aio=10.213.0.10
 LAB_ADDR    := 10.213.0.10
 export ANSIBLE_CONFIG := $(ROOT)/ansible/ansible.cfg
