@@ -40,7 +40,8 @@ def instance(stack: Services, _schema: None, tmp_path_factory: pytest.TempPathFa
 @pytest.fixture(scope="module")
 def edge(stack: Services, instance: Process, tmp_path_factory: pytest.TempPathFactory) -> Iterator[edge_nginx.Edge]:
     if edge_nginx.missing():
-        pytest.fail(f"{edge_nginx.missing()} missing; as root: apt-get install -y nginx libnginx-mod-http-lua lua-nginx-redis")
+        packages = "nginx libnginx-mod-http-lua lua-nginx-redis"
+        pytest.fail(f"{edge_nginx.missing()} missing; as root: apt-get install -y {packages}")
     directory = tmp_path_factory.mktemp("edge-nginx")
     with edge_nginx.run_edge(
         directory, instance.port, stack.redis_port, redis_password=stack.passwords["redis"]
