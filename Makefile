@@ -108,15 +108,15 @@ openloop: venv ## hey: latency at fixed offered redirect rates over 1000 open co
 	$(PY) $(ROOT)/loadtests/openloop.py --target http://$(LAB_ADDR) $(OPENLOOP_ARGS)
 
 dev: venv ## run the service locally (Flask dev server) against private PostgreSQL and Redis
-	eval "$$($(PY) -m tests.services up)"
+	eval "$$($(PY) -m devstack up)"
 	export SHORTENER_BIND=$${SHORTENER_BIND:-127.0.0.1:8000} SHORTENER_LOG_LEVEL=$${SHORTENER_LOG_LEVEL:-INFO} SHORTENER_ACCESS_PROFILE=open
-	echo "serving on http://$$SHORTENER_BIND/ (stop with Ctrl-C; 'python -m tests.services down' stops the databases)"
+	echo "serving on http://$$SHORTENER_BIND/ (stop with Ctrl-C; 'python -m devstack down' stops the databases)"
 	$(PY) -m app
 
 seed: venv ## load ../shared/seed into the `make dev` database
-	eval "$$($(PY) -m tests.services up)"
+	eval "$$($(PY) -m devstack up)"
 	SHORTENER_ACCESS_PROFILE=open $(PY) -m app.seed $(ROOT)/../shared/seed
 
 clean: ## stop the test databases and remove local state
-	[ -x $(PY) ] && $(PY) -m tests.services down || true
+	[ -x $(PY) ] && $(PY) -m devstack down || true
 	rm -rf $(ROOT)/.test-services $(ROOT)/.coverage*
