@@ -17,9 +17,9 @@ import requests
 
 from app import clicks
 from app.cache import KEY_PREFIX, TOMBSTONE
+from devstack import DevStack
 from tests import edge_nginx, test_clickloss
 from tests.http_helpers import Process, run_gunicorn, wait_for
-from tests.services import Services
 from tests.test_clickloss import Burst, _assert_every_click_stored, _drained, _kill_mid_batch, _warm
 
 # The click-loss test's fixtures (a Redis client, click workers with small batches), shared.
@@ -30,7 +30,7 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def instance(stack: Services, _schema: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Process]:
+def instance(stack: DevStack, _schema: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Process]:
     log_dir = tmp_path_factory.mktemp("edge-gunicorn")
     env = {**stack.env(), "PROMETHEUS_MULTIPROC_DIR": str(log_dir / "metrics"), "SHORTENER_ACCESS_LOG": "all"}
     with run_gunicorn(env, log_dir=log_dir) as gun:
@@ -38,7 +38,7 @@ def instance(stack: Services, _schema: None, tmp_path_factory: pytest.TempPathFa
 
 
 @pytest.fixture(scope="module")
-def edge(stack: Services, instance: Process, tmp_path_factory: pytest.TempPathFactory) -> Iterator[edge_nginx.Edge]:
+def edge(stack: DevStack, instance: Process, tmp_path_factory: pytest.TempPathFactory) -> Iterator[edge_nginx.Edge]:
     if edge_nginx.missing():
         packages = "nginx libnginx-mod-http-lua lua-nginx-redis"
         pytest.fail(f"{edge_nginx.missing()} missing; as root: apt-get install -y {packages}")
@@ -167,7 +167,7 @@ def test_a_non_ascii_target_is_answered_by_the_instances_and_counted_once(
 
 
 @contextlib.contextmanager
-def redis_stopped(stack: Services) -> Iterator[None]:
+def redis_stopped(stack: DevStack) -> Iterator[None]:
     stack.stop_redis()
     try:
         yield
@@ -176,7 +176,7 @@ def redis_stopped(stack: Services) -> Iterator[None]:
 
 
 def test_redis_stopped_costs_nothing_the_instances_answer_and_the_edge_comes_back(
-    stack: Services, edge: edge_nginx.Edge, instance: Process, make_url: Any, sql: Any
+    stack: DevStack, edge: edge_nginx.Edge, instance: Process, make_url: Any, sql: Any
 ) -> None:
     url = make_url()
     path = f"/{url['short_code']}"
@@ -214,7 +214,7 @@ def test_redis_stopped_costs_nothing_the_instances_answer_and_the_edge_comes_bac
 
 
 def test_a_hung_redis_costs_a_bounded_wait_then_nothing(
-    stack: Services, instance: Process, make_url: Any, blackhole: Any, tmp_path: Path
+    stack: DevStack, instance: Process, make_url: Any, blackhole: Any, tmp_path: Path
 ) -> None:
     url = make_url()
     path = f"/{url['short_code']}"
@@ -234,8 +234,8 @@ def test_a_hung_redis_costs_a_bounded_wait_then_nothing(
 
 
 def test_every_redirect_the_edge_serves_is_stored_once_with_the_worker_killed_mid_burst(
-    stack: Services,
-    clean: Services,
+    stack: DevStack,
+    clean: DevStack,
     edge: edge_nginx.Edge,
     make_url: Any,
     rds: redis_lib.Redis,
@@ -261,7 +261,7 @@ def test_every_redirect_the_edge_serves_is_stored_once_with_the_worker_killed_mi
     assert hits >= burst.served_total
 
 
-def _stored(stack: Services) -> int:
+def _stored(stack: DevStack) -> int:
     conn = psycopg2.connect(stack.direct_database_url, connect_timeout=3)
     try:
         with conn.cursor() as cur:
