@@ -9,19 +9,22 @@ Phases, one after the other, each ``wrk -t THREADS -c CONNECTIONS`` for ``--seco
 2. ``bare``: a bare WSGI function under the same Gunicorn settings (gthread, as many
    instances, workers and threads as the service) behind the same Nginx proxy settings,
    doing one Redis round trip (GET) and returning a 302 (the floor of any Python redirect).
-3. ``hot``: a redirect through the whole stack (Nginx -> instance -> Redis, click queued)
-   for one link already in the cache.
-4. ``cold``: a redirect for a different, never requested code each time (cache miss:
+3. ``hot``: a redirect of one link already in the cache, as visitors get it: answered by the
+   Nginx edge (Lua, one Redis round trip, click queued; issue 14) when it is on.
+4. ``python``: the same kind of hot link through the instances, the edge bypassed (a
+   name-based server, Host ``bench-python``, proxying to the service's upstream without the
+   edge): the Python path, which serves whatever the edge hands on.
+5. ``cold``: a redirect for a different, never requested code each time (cache miss:
    PostgreSQL through PgBouncer, cache fill, click queued).
-5. ``create``: POST /urls with a new URL each time.
+6. ``create``: POST /urls with a new URL each time.
 
 The two references are set up on the host over SSH for the run and removed afterwards: an
-Nginx file in /etc/nginx/conf.d/ with two name-based servers on port 80 (Host ``bench-static``
-and ``bench-wsgi``: the firewall opens only 80) and three transient systemd units running
+Nginx file in /etc/nginx/conf.d/ with three name-based servers on port 80 (Host ``bench-static``,
+``bench-wsgi`` and ``bench-python``: the firewall opens only 80) and three transient systemd units running
 Gunicorn on ports 8101-8103.
 
 After the run the click count is checked: the events table must hold exactly one click per
-302 wrk received in the hot and cold phases (and one ``created`` event per 201), once the
+302 wrk received in the hot, python and cold phases (and one ``created`` event per 201), once the
 click worker has emptied the queue. A mismatch fails the run (exit status 3).
 """
 
@@ -53,6 +56,7 @@ BENCH_DIR = "/opt/shortener-bench"
 BARE_PORTS = (8101, 8102, 8103)
 STATIC_HOST = "bench-static"
 BARE_HOST = "bench-wsgi"
+PYTHON_HOST = "bench-python"
 
 BARE_APP = '''"""The bench's floor: one Redis round trip and a 302, nothing else."""
 import os
@@ -117,6 +121,23 @@ server {{
         proxy_set_header X-Request-ID $request_id;
         proxy_redirect off;
         proxy_next_upstream error timeout http_502 http_503;
+    }}
+}}
+server {{
+    listen 80;
+    server_name {python};
+    add_header X-Request-ID $request_id always;
+    location / {{
+        proxy_pass http://shortener;
+        proxy_http_version 1.1;
+        proxy_set_header Connection "";
+        proxy_set_header Host $host;
+        proxy_set_header X-Real-IP $remote_addr;
+        proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+        proxy_set_header X-Forwarded-Proto $scheme;
+        proxy_set_header X-Request-ID $request_id;
+        proxy_redirect off;
+        proxy_next_upstream error timeout;
     }}
 }}
 """
@@ -220,7 +241,7 @@ def setup_references(host: str) -> None:
     workers, threads = settings.get("SHORTENER_WORKERS", "2"), settings.get("SHORTENER_THREADS", "16")
     print(f"references: {len(BARE_PORTS)} bare Gunicorn instances x {workers} workers x {threads} threads", flush=True)
     servers = "\n".join(f"    server 127.0.0.1:{p} max_fails=1 fail_timeout=3s;" for p in BARE_PORTS)
-    conf = NGINX_CONF.format(servers=servers, static=STATIC_HOST, bare=BARE_HOST)
+    conf = NGINX_CONF.format(servers=servers, static=STATIC_HOST, bare=BARE_HOST, python=PYTHON_HOST)
     script = [
         f"mkdir -p {BENCH_DIR}",
         f"cat > {BENCH_DIR}/benchwsgi.py <<'PYEOF'\n{BARE_APP}PYEOF",
@@ -317,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--connections", type=int, default=100)
     parser.add_argument("--threads", type=int, default=2, help="wrk threads")
     parser.add_argument("--cold-codes", type=int, default=150000, help="distinct never-requested codes for cold")
-    parser.add_argument("--phases", default="static,bare,hot,cold,create")
+    parser.add_argument("--phases", default="static,bare,hot,python,cold,create")
     parser.add_argument("--pause", type=float, default=3.0, help="seconds between phases")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     parser.add_argument("--keep", action="store_true", help="keep the bench's links and events afterwards")
@@ -334,14 +355,18 @@ def main(argv: list[str] | None = None) -> int:
     checks: list[str] = []
     failed = False
     hot: dict | None = None
+    pyhot: dict | None = None
     cold_range: tuple[int, int] | None = None
     events_before = int(labssh.psql(host, "SELECT count(*) FROM events WHERE event_type = 'click'"))
     try:
-        if "static" in phases or "bare" in phases:
+        if {"static", "bare", "python"} & set(phases):
             setup_references(host)
         if "hot" in phases:
             hot = create_link(args.target, f"https://example.com/bench-hot/{run_id}", args.api_key)
             warm(args.target, hot["short_code"])
+        if "python" in phases:
+            pyhot = create_link(args.target, f"https://example.com/bench-python/{run_id}", args.api_key)
+            warm(args.target, pyhot["short_code"])
         if "cold" in phases:
             prefix = f"bc{run_id}x"
             out = labssh.psql(
@@ -369,6 +394,11 @@ def main(argv: list[str] | None = None) -> int:
                     args, phase, "hot redirect, full stack, click queued", "redirect.lua", "/",
                     {"BENCH_CODE": hot["short_code"]},
                 )  # fmt: skip
+            elif phase == "python" and pyhot:
+                results[phase] = run_wrk(
+                    args, phase, "hot redirect through the instances (edge bypassed), click queued",
+                    "redirect.lua", "/", {"BENCH_CODE": pyhot["short_code"], "BENCH_HOST_HEADER": PYTHON_HOST},
+                )  # fmt: skip
             elif phase == "cold" and cold_range:
                 results[phase] = run_wrk(
                     args, phase, "cold redirect (cache miss -> PgBouncer -> PostgreSQL), click queued",
@@ -387,7 +417,7 @@ def main(argv: list[str] | None = None) -> int:
                     {"BENCH_RUN": run_id, "BENCH_API_KEY": args.api_key},
                 )
     finally:
-        if "static" in phases or "bare" in phases:
+        if {"static", "bare", "python"} & set(phases):
             teardown_references(host)
 
     # --- the click count ---------------------------------------------------------------
@@ -396,6 +426,11 @@ def main(argv: list[str] | None = None) -> int:
         expect["hot"] = (
             f"SELECT count(*) FROM events WHERE event_type = 'click' AND url_id = {hot['id']}",
             results["hot"].counted,
+        )
+    if pyhot and "python" in results:
+        expect["python"] = (
+            f"SELECT count(*) FROM events WHERE event_type = 'click' AND url_id = {pyhot['id']}",
+            results["python"].counted,
         )
     if cold_range and "cold" in results:
         expect["cold"] = (
@@ -454,6 +489,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     if not args.keep:
         cleanup(host, run_id, hot, cold_range)
+        if pyhot:
+            cleanup(host, run_id, pyhot, None)
     if failed:
         print("\nFAILED: the number of click events does not match the redirects served", file=sys.stderr)
         return 3
