@@ -11,7 +11,6 @@ from flask import Blueprint, Response, g, request
 from app import clicks, metrics, sql
 from app.cache import NEGATIVE, TOMBSTONE, CachedLink, Unavailable
 from app.errors import ApiError
-from app.fastpath import CACHED_KEY
 from app.services import services
 
 log = logging.getLogger(__name__)
@@ -47,11 +46,7 @@ def follow(short_code: str) -> Response:
 
     cached: str | None = None
     cache_up = False
-    if counted and CACHED_KEY in request.environ:
-        # app/fastpath.py already asked Redis (a miss, negative or tombstoned entry).
-        cached = request.environ[CACHED_KEY]
-        cache_up = True
-    elif cache.enabled:
+    if cache.enabled:
         try:
             cached = cache.lookup_and_click(short_code, click) if click is not None else cache.peek(short_code)
             cache_up = True
