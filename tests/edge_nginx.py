@@ -107,15 +107,15 @@ http {{
     server {{
         listen 127.0.0.1:{port};
         add_header X-Request-ID $shortener_request_id always;
+        set $shortener_edge "";
+        set $shortener_edge_breaker "";
+        set $shortener_click_id "";
         location = /health {{
             proxy_pass http://shortener;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
         }}
         location ~ "^/[A-Za-z0-9_-]{{1,64}}$" {{
-            set $shortener_edge "";
-            set $shortener_edge_breaker "";
-            set $shortener_click_id "";
             access_by_lua_block {{
                 require("shortener_edge").redirect()
             }}
