@@ -14,7 +14,8 @@ BIN         := $(VENV)/bin
 LAB         := python3 $(ROOT)/lab/lab.py
 APT_PACKAGES := python3-venv python3-dev gcc libpq-dev postgresql pgbouncer redis-server \
                 chromium chromium-driver systemd-container debootstrap iptables openssh-client \
-                curl ca-certificates rsync prometheus prometheus-alertmanager
+                curl ca-certificates rsync prometheus prometheus-alertmanager \
+                nginx libnginx-mod-http-lua lua-nginx-redis
 # make up's all-in-one host: its name and address live in labkit/hosts.py (and its inventory).
 LAB_AIO     := $(shell cd $(ROOT) && python3 -c 'from labkit.hosts import AIO_NAME, AIO_ADDRESS; print(AIO_NAME, AIO_ADDRESS)')
 LAB_HOST    := $(word 1,$(LAB_AIO))=$(word 2,$(LAB_AIO))

@@ -9,19 +9,22 @@ Phases, one after the other, each ``wrk -t THREADS -c CONNECTIONS`` for ``--seco
 2. ``bare``: a bare WSGI function under the same Gunicorn settings (gthread, as many
    instances, workers and threads as the service) behind the same Nginx proxy settings,
    doing one Redis round trip (GET) and returning a 302 (the floor of any Python redirect).
-3. ``hot``: a redirect through the whole stack (Nginx -> instance -> Redis, click queued)
-   for one link already in the cache.
-4. ``cold``: a redirect for a different, never requested code each time (cache miss:
+3. ``hot``: a redirect of one link already in the cache, as visitors get it: answered by the
+   Nginx edge (Lua, one Redis round trip, click queued; issue 14) when it is on.
+4. ``python``: the same kind of hot link through the instances, the edge bypassed (a
+   name-based server, Host ``bench-python``, proxying to the service's upstream without the
+   edge): the Python path, which serves whatever the edge hands on.
+5. ``cold``: a redirect for a different, never requested code each time (cache miss:
    PostgreSQL through PgBouncer, cache fill, click queued).
-5. ``create``: POST /urls with a new URL each time.
+6. ``create``: POST /urls with a new URL each time.
 
-The two references are set up on the host over SSH for the run and removed afterwards: an
-Nginx file in /etc/nginx/conf.d/ with two name-based servers on port 80 (Host ``bench-static``
-and ``bench-wsgi``: the firewall opens only 80) and three transient systemd units running
-Gunicorn on ports 8101-8103.
+The references are set up on the host over SSH for the run and removed afterwards: an Nginx
+file in /etc/nginx/conf.d/ with three name-based servers on port 80 (Host ``bench-static``,
+``bench-wsgi`` and ``bench-python``: the firewall opens only 80) and three transient systemd
+units running Gunicorn on ports 8101-8103.
 
 After the run the click count is checked: the events table must hold exactly one click per
-302 wrk received in the hot and cold phases (and one ``created`` event per 201), once the
+302 wrk received in the hot, python and cold phases (and one ``created`` event per 201), once the
 click worker has emptied the queue. A mismatch fails the run (exit status 3).
 """
 
@@ -40,7 +43,15 @@ from urllib.parse import urlparse
 
 from labkit.hosts import DEFAULT_TARGET
 from loadtests import apikey, labssh
-from loadtests.references import BARE_HOST, REDIS_CLI, STATIC_HOST, redis_cli, setup_references, teardown_references
+from loadtests.references import (
+    BARE_HOST,
+    PYTHON_HOST,
+    REDIS_CLI,
+    STATIC_HOST,
+    redis_cli,
+    setup_references,
+    teardown_references,
+)
 from loadtests.wrk import Result, run_wrk
 
 
@@ -100,6 +111,7 @@ class Run:
     host: str
     run_id: str
     hot: dict | None = None
+    pyhot: dict | None = None
     cold_range: tuple[int, int] | None = None
 
 
@@ -136,6 +148,12 @@ PHASES: dict[str, Phase] = {
         "redirect.lua",
         "/",
         lambda run: {"BENCH_CODE": run.hot["short_code"]} if run.hot else None,
+    ),
+    "python": Phase(
+        "hot redirect through the instances (edge bypassed), click queued",
+        "redirect.lua",
+        "/",
+        lambda run: {"BENCH_CODE": run.pyhot["short_code"], "BENCH_HOST_HEADER": PYTHON_HOST} if run.pyhot else None,
     ),
     "cold": Phase(
         "cold redirect (cache miss -> PgBouncer -> PostgreSQL), click queued", "redirect.lua", "/", _cold_env
@@ -179,6 +197,9 @@ def make_links(run: Run) -> None:
     if "hot" in phases:
         run.hot = create_link(run.args.target, f"https://example.com/bench-hot/{run.run_id}", run.args.api_key)
         warm(run.args.target, run.hot["short_code"])
+    if "python" in phases:
+        run.pyhot = create_link(run.args.target, f"https://example.com/bench-python/{run.run_id}", run.args.api_key)
+        warm(run.args.target, run.pyhot["short_code"])
     if "cold" in phases:
         out = labssh.psql(
             run.host,
@@ -194,7 +215,7 @@ def run_phases(run: Run) -> dict[str, Result]:
     """Each phase's wrk run in turn, with the references up for as long as a phase needs them."""
     args = run.args
     results: dict[str, Result] = {}
-    references = "static" in args.phases or "bare" in args.phases
+    references = bool({"static", "bare", "python"} & set(args.phases))
     try:
         if references:
             setup_references(run.host)
@@ -219,6 +240,8 @@ def click_expectations(run: Run, results: dict[str, Result]) -> dict[str, tuple[
     expect: dict[str, tuple[str, int]] = {}
     if run.hot and "hot" in results:
         expect["hot"] = (f"{CLICKS} AND url_id = {run.hot['id']}", results["hot"].counted)
+    if run.pyhot and "python" in results:
+        expect["python"] = (f"{CLICKS} AND url_id = {run.pyhot['id']}", results["python"].counted)
     if run.cold_range and "cold" in results:
         lo, hi = run.cold_range
         expect["cold"] = (f"{CLICKS} AND url_id BETWEEN {lo} AND {hi}", results["cold"].counted)
@@ -295,6 +318,8 @@ def main(argv: list[str] | None = None) -> int:
         write_json(args.json, run, facts, results, checks)
     if not args.keep:
         cleanup(run.host, run.run_id, run.hot, run.cold_range)
+        if run.pyhot:
+            cleanup(run.host, run.run_id, run.pyhot, None)
     if failed:
         print("\nFAILED: the number of click events does not match the redirects served", file=sys.stderr)
         return 3

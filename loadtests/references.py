@@ -14,6 +14,7 @@ BENCH_DIR = "/opt/shortener-bench"
 BARE_PORTS = (8101, 8102, 8103)
 STATIC_HOST = "bench-static"
 BARE_HOST = "bench-wsgi"
+PYTHON_HOST = "bench-python"
 
 BARE_APP = '''"""The bench's floor: one Redis round trip and a 302, nothing else."""
 import os
@@ -46,8 +47,9 @@ accesslog = None
 errorlog = "-"
 """
 
-# Two name-based servers on the service's port 80. The bare server copies the service's
-# location (proxy settings, upstream keepalive); both inherit its http-level access log.
+# Three name-based servers on the service's port 80. The bare server copies the service's
+# location (proxy settings, upstream keepalive); the python server proxies to the service's own
+# upstream without the edge (the Python redirect path); all inherit its http-level access log.
 NGINX_CONF = """# Written by loadtests/bench.py for one benchmark run; removed when it ends.
 upstream shortener_bench_wsgi {{
     least_conn;
@@ -80,6 +82,23 @@ server {{
         proxy_next_upstream error timeout http_502 http_503;
     }}
 }}
+server {{
+    listen 80;
+    server_name {python};
+    add_header X-Request-ID $request_id always;
+    location / {{
+        proxy_pass http://shortener;
+        proxy_http_version 1.1;
+        proxy_set_header Connection "";
+        proxy_set_header Host $host;
+        proxy_set_header X-Real-IP $remote_addr;
+        proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+        proxy_set_header X-Forwarded-Proto $scheme;
+        proxy_set_header X-Request-ID $request_id;
+        proxy_redirect off;
+        proxy_next_upstream error timeout;
+    }}
+}}
 """
 
 
@@ -103,7 +122,7 @@ def setup_references(host: str) -> None:
     workers, threads = settings.get("SHORTENER_WORKERS", "2"), settings.get("SHORTENER_THREADS", "16")
     print(f"references: {len(BARE_PORTS)} bare Gunicorn instances x {workers} workers x {threads} threads", flush=True)
     servers = "\n".join(f"    server 127.0.0.1:{p} max_fails=1 fail_timeout=3s;" for p in BARE_PORTS)
-    conf = NGINX_CONF.format(servers=servers, static=STATIC_HOST, bare=BARE_HOST)
+    conf = NGINX_CONF.format(servers=servers, static=STATIC_HOST, bare=BARE_HOST, python=PYTHON_HOST)
     script = [
         f"mkdir -p {BENCH_DIR}",
         f"cat > {BENCH_DIR}/benchwsgi.py <<'PYEOF'\n{BARE_APP}PYEOF",
