@@ -115,7 +115,7 @@ class Traffic:
         with self._lock:
             self.answers.append(Answer(sent, kind, status, time.time() - sent, code))
 
-    def _request(self, kind: str, n: int) -> Callable[[requests.Session], tuple[int, str]]:
+    def _request(self, kind: str, n: int) -> Callable[[requests.Session], tuple[int, str]] | None:
         t = self.timeout
         if kind in ("hot", "cold"):
             if kind == "hot":
@@ -123,6 +123,8 @@ class Traffic:
             else:
                 with self._lock:
                     code = next(self._cold, "")
+                if not code:
+                    return None  # the pool of never-visited links is used up: no more cold ones
             return lambda s: (s.get(f"{self.base}/{code}", allow_redirects=False, timeout=t).status_code, code)
         if kind == "read":
             url_id = self.read_ids[n % len(self.read_ids)]
@@ -140,7 +142,10 @@ class Traffic:
         for n in itertools.count():
             if self._stop.wait(max(0.0, next_at - time.monotonic())):
                 return
-            self._pool.submit(self._send, kind, self._request(kind, n))
+            fire = self._request(kind, n)
+            if fire is None:
+                return
+            self._pool.submit(self._send, kind, fire)
             next_at += 1 / rate
 
     def start(self) -> None:
