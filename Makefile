@@ -26,7 +26,7 @@ DRILL_INVENTORY := inventories/lab
 RESTORE_TARGET ?=
 export ANSIBLE_CONFIG := $(ROOT)/ansible/ansible.cfg
 
-.PHONY: help deps venv requirements lint test test-service test-molecule test-cluster up down dev seed clean loadtest bench openloop restore-drill
+.PHONY: help deps venv requirements lint test test-service test-molecule test-cluster up down dev seed clean loadtest bench openloop restore-drill chaos
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -120,6 +120,10 @@ bench: venv ## wrk: hot/cold redirect, link creation vs static-302 and bare-WSGI
 openloop: venv ## hey: latency at fixed offered redirect rates over 1000 open connections; click check (OPENLOOP_ARGS=...)
 	command -v hey >/dev/null || { apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends hey >/dev/null; }
 	cd $(ROOT) && $(PY) -m loadtests.openloop --target http://$(LAB_ADDR) $(OPENLOOP_ARGS)
+
+chaos: venv ## the chaos suite against the lab host: every experiment under traffic -> docs/chaos.md, docs/img/chaos/ (CHAOS_ARGS=--only NAME...)
+	$(PY) -m pip install -q "$$(grep '^matplotlib==' $(ROOT)/loadtests/requirements.txt)"
+	cd $(ROOT) && $(PY) -m chaos.run --suite aio --inventory ansible/inventories/lab $(CHAOS_ARGS)
 
 dev: venv ## run the service locally (Flask dev server) against private PostgreSQL and Redis
 	eval "$$($(PY) -m devstack up)"
