@@ -366,7 +366,7 @@ def test_journal_gateway_only_for_nginx(host):
         listen = lb.ansible.get_variables().get("journal_gateway_listen_address", "")
         if listen:
             continue  # read by another host's console over TCP (docs/security.md, "What is left")
-        curl = f"curl -s -o /dev/null -w '%{{http_code}}' --unix-socket {GATEWAY_SOCKET} http://gateway/machine"
+        curl = f"curl -s -o /dev/null -w '%{{http_code}}' --unix-socket {GATEWAY_SOCKET} http://gateway/browse"
         refused = lb.run(f"{AS_NOBODY} {curl}")
         assert refused.rc == 7 and refused.stdout == "000", (refused.rc, refused.stdout, refused.stderr)
         served = lb.check_output(f"setpriv --reuid=www-data --regid=www-data --init-groups {curl}")
