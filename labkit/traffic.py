@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
 from types import TracebackType
 
@@ -25,6 +26,8 @@ class Traffic:
         self.keep_alive = keep_alive
         self.timeout = timeout
         self.answers: list[int | str] = []
+        # time.monotonic() of each answer, in step with `answers`
+        self.times: list[float] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="traffic", daemon=True)
 
@@ -37,6 +40,7 @@ class Traffic:
                     self.answers.append(answer.status_code)
                 except requests.RequestException as error:
                     self.answers.append(type(error).__name__)
+                self.times.append(time.monotonic())
                 self._stop.wait(self.pause)
 
     def __enter__(self) -> Traffic:
@@ -48,6 +52,11 @@ class Traffic:
     ) -> None:
         self._stop.set()
         self._thread.join()
+
+    def failed_since(self, start: float, ok: int = 302) -> int:
+        """Answers other than `ok` (failed requests included) that came at or after `start`
+        (a time.monotonic() value): what a fault made at `start` cost the clients."""
+        return sum(1 for at, answer in zip(self.times, self.answers, strict=False) if at >= start and answer != ok)
 
     def counts(self) -> Counter[int | str]:
         """How many of each answer: what an assertion prints when one is not the expected one."""

@@ -15,16 +15,15 @@ an instance behind Nginx's retries, monitoring), no redirect may fail meanwhile;
 from __future__ import annotations
 
 import os
-import threading
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import pytest
 import requests
 import testinfra.utils.ansible_runner
 from test_hardening import SOCKET_OF, units_of
+
+from labkit.traffic import Traffic
 
 testinfra_hosts = testinfra.utils.ansible_runner.AnsibleRunner(os.environ["MOLECULE_INVENTORY_FILE"]).get_hosts("all")
 
@@ -42,42 +41,7 @@ NO_REDIRECT_LOST = (
     "shortener@",
     "shortener-clickworker",
 )
-RATE = 20  # redirects per second, open loop
-
-
-class Traffic:
-    """Follows one short link RATE times a second and keeps (time, status or 0 for no answer)."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.answers: list[tuple[float, int]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        session = requests.Session()
-        next_at = time.monotonic()
-        while not self._stop.is_set():
-            try:
-                status = session.get(self.url, allow_redirects=False, timeout=2).status_code
-            except requests.RequestException:
-                status = 0
-                session = requests.Session()
-            self.answers.append((time.monotonic(), status))
-            next_at += 1 / RATE
-            self._stop.wait(max(0.0, next_at - time.monotonic()))
-
-    def failed_since(self, start: float) -> int:
-        return sum(1 for at, status in self.answers if at >= start and status != 302)
-
-    @contextmanager
-    def running(self) -> Iterator[Traffic]:
-        self._thread.start()
-        try:
-            yield self
-        finally:
-            self._stop.set()
-            self._thread.join(5)
+RATE = 20  # redirects per second at most (a pause of 1/RATE after each answer)
 
 
 def main_pid(host, unit: str) -> int:
@@ -120,7 +84,7 @@ def test_every_daemon_comes_back_after_kill_9_under_traffic(host, api):
     host.run(f"curl -sk -o /dev/null https://{address}:8443/logs/")
     units = [unit for unit, _ in units_of(host) if unit not in SOCKET_OF or main_pid(host, unit)]
     figures, failures = [], []
-    with Traffic(link).running() as traffic:
+    with Traffic(link, pause=1 / RATE, timeout=2.0) as traffic:
         for unit in units:
             start = time.monotonic()
             back = back_after_kill(host, unit)
