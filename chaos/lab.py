@@ -1,13 +1,9 @@
-"""SSH to a lab host and the steady open-loop traffic the experiments run under.
-
-Kept in one module so that the shared lab package (labkit, issue 13) can absorb it.
-"""
+"""The steady open-loop traffic the experiments run under, and what they ask a lab host
+(SQL over labkit's SSH, an inventory's addresses by group)."""
 
 from __future__ import annotations
 
 import itertools
-import os
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -18,28 +14,9 @@ from pathlib import Path
 import requests
 import yaml
 
+from labkit.ssh import ssh
+
 ROOT = Path(__file__).resolve().parents[1]
-# lab/lab.py's key and SSH options (its state directory is /var/lib/shortener-lab).
-LAB_KEY = os.environ.get("SHORTENER_LAB_KEY", "/var/lib/shortener-lab/id_ed25519")
-SSH_OPTS = (
-    *("-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null"),
-    *("-o", "LogLevel=ERROR", "-o", "BatchMode=yes", "-o", "ConnectTimeout=10"),
-)
-
-
-def ssh(address: str, command: str, *, stdin: str | None = None, check: bool = True, timeout: float = 120) -> str:
-    """Runs a shell command on a lab host as root; its stdout."""
-    proc = subprocess.run(
-        ["ssh", "-i", LAB_KEY, *SSH_OPTS, f"root@{address}", command],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-    if check and proc.returncode != 0:
-        raise RuntimeError(f"ssh {address} {command[:80]!r}: exit {proc.returncode}: {proc.stderr[-1000:]}")
-    return proc.stdout
 
 
 def psql(address: str, query: str) -> str:

@@ -24,9 +24,12 @@ def ssh_argv(address: str, *command: str, key: str = SSH_KEY, connect_timeout: i
     return ["ssh", "-i", key, *OPTIONS, "-o", f"ConnectTimeout={connect_timeout}", f"root@{address}", *command]
 
 
-def ssh(address: str, command: str, *, stdin: bytes | None = None, check: bool = True, timeout: float = 300) -> str:
+def ssh(
+    address: str, command: str, *, stdin: bytes | str | None = None, check: bool = True, timeout: float = 300
+) -> str:
     """Runs a shell command on the host as root; returns its stdout."""
-    proc = subprocess.run(ssh_argv(address, command), input=stdin, capture_output=True, timeout=timeout, check=False)
+    data = stdin.encode() if isinstance(stdin, str) else stdin
+    proc = subprocess.run(ssh_argv(address, command), input=data, capture_output=True, timeout=timeout, check=False)
     if check and proc.returncode != 0:
         raise RuntimeError(
             f"ssh {address} {command[:80]!r} exited {proc.returncode}: {proc.stderr.decode(errors='replace')[-2000:]}"

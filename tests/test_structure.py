@@ -30,7 +30,8 @@ MAY_IMPORT = {
     "lab": {"labkit", "loadtests"},  # loadtests: only the walk-through, which drives the load tools
     "loadtests": {"labkit"},
     "molecule": {"labkit"},
-    "tests": {"app", "devstack", "lab", "labkit", "loadtests"},
+    "chaos": {"labkit"},
+    "tests": {"app", "chaos", "devstack", "lab", "labkit", "loadtests"},
 }
 PROJECT_PACKAGES = set(MAY_IMPORT)
 
