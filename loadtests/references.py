@@ -47,9 +47,29 @@ accesslog = None
 errorlog = "-"
 """
 
-# Three name-based servers on the service's port 80. The bare server copies the service's
-# location (proxy settings, upstream keepalive); the python server proxies to the service's own
-# upstream without the edge (the Python redirect path); all inherit its http-level access log.
+# A name-based server on the service's port 80 that proxies as the service's own location does
+# (proxy settings, upstream keepalive); it inherits the http-level access log.
+PROXY_SERVER = """server {{
+    listen 80;
+    server_name {name};
+    add_header X-Request-ID $request_id always;
+    location / {{
+        proxy_pass http://{upstream};
+        proxy_http_version 1.1;
+        proxy_set_header Connection "";
+        proxy_set_header Host $host;
+        proxy_set_header X-Real-IP $remote_addr;
+        proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+        proxy_set_header X-Forwarded-Proto $scheme;
+        proxy_set_header X-Request-ID $request_id;
+        proxy_redirect off;
+        proxy_next_upstream {next_upstream};
+    }}
+}}
+"""
+
+# Three servers: static (Nginx's own 302), bare (the bare WSGI app's upstream) and python (the
+# service's own upstream without the edge: the Python redirect path).
 NGINX_CONF = """# Written by loadtests/bench.py for one benchmark run; removed when it ends.
 upstream shortener_bench_wsgi {{
     least_conn;
@@ -65,41 +85,7 @@ server {{
         return 302 https://example.com/;
     }}
 }}
-server {{
-    listen 80;
-    server_name {bare};
-    add_header X-Request-ID $request_id always;
-    location / {{
-        proxy_pass http://shortener_bench_wsgi;
-        proxy_http_version 1.1;
-        proxy_set_header Connection "";
-        proxy_set_header Host $host;
-        proxy_set_header X-Real-IP $remote_addr;
-        proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-        proxy_set_header X-Forwarded-Proto $scheme;
-        proxy_set_header X-Request-ID $request_id;
-        proxy_redirect off;
-        proxy_next_upstream error timeout http_502 http_503;
-    }}
-}}
-server {{
-    listen 80;
-    server_name {python};
-    add_header X-Request-ID $request_id always;
-    location / {{
-        proxy_pass http://shortener;
-        proxy_http_version 1.1;
-        proxy_set_header Connection "";
-        proxy_set_header Host $host;
-        proxy_set_header X-Real-IP $remote_addr;
-        proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-        proxy_set_header X-Forwarded-Proto $scheme;
-        proxy_set_header X-Request-ID $request_id;
-        proxy_redirect off;
-        proxy_next_upstream error timeout;
-    }}
-}}
-"""
+{bare_server}{python_server}"""
 
 
 # redis-cli 7.0 sends an empty user name for redis://:PASSWORD@ URLs, which Redis refuses: take
@@ -122,7 +108,14 @@ def setup_references(host: str) -> None:
     workers, threads = settings.get("SHORTENER_WORKERS", "2"), settings.get("SHORTENER_THREADS", "16")
     print(f"references: {len(BARE_PORTS)} bare Gunicorn instances x {workers} workers x {threads} threads", flush=True)
     servers = "\n".join(f"    server 127.0.0.1:{p} max_fails=1 fail_timeout=3s;" for p in BARE_PORTS)
-    conf = NGINX_CONF.format(servers=servers, static=STATIC_HOST, bare=BARE_HOST, python=PYTHON_HOST)
+    conf = NGINX_CONF.format(
+        servers=servers,
+        static=STATIC_HOST,
+        bare_server=PROXY_SERVER.format(
+            name=BARE_HOST, upstream="shortener_bench_wsgi", next_upstream="error timeout http_502 http_503"
+        ),
+        python_server=PROXY_SERVER.format(name=PYTHON_HOST, upstream="shortener", next_upstream="error timeout"),
+    )
     script = [
         f"mkdir -p {BENCH_DIR}",
         f"cat > {BENCH_DIR}/benchwsgi.py <<'PYEOF'\n{BARE_APP}PYEOF",
