@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import signal
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -256,9 +257,15 @@ def test_every_redirect_the_edge_serves_is_stored_once_with_the_worker_killed_mi
     wait_for("the stream to be written out", lambda: _drained(rds), timeout=60, interval=0.2)
     _assert_every_click_stored(clean, burst, warmed, codes)
     assert second.alive()
-    # The edge served them: one line per redirect, hits but for the first of each link.
-    hits = sum(1 for line in edge.access() if line["edge"] == "hit" and line["status"] == 302)
-    assert hits >= burst.served_total
+    # The edge served them: a 302 line for each redirect, hits but for the few it handed to the
+    # instances because Redis answered later than the edge's timeout (or the breaker was open
+    # after that): those are counted once too (checked above), and are the instances' answers.
+    paths = {f"/{code}" for code in codes}
+    answered = Counter(line["edge"] for line in edge.access() if line["status"] == 302 and line["uri"] in paths)
+    print(f"edge 302s of the burst's links by what the edge did: {dict(answered)}")
+    assert sum(answered.values()) >= burst.served_total, answered
+    assert set(answered) <= {"hit", "miss", "error", "bypass"}, answered
+    assert answered["hit"] >= 0.95 * burst.served_total, answered
 
 
 def _stored(stack: DevStack) -> int:
