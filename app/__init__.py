@@ -57,10 +57,21 @@ def create_app(settings: Settings | None = None) -> Flask:
             logging.getLogger(__name__).info("schema migrated", extra={"applied": applied})
 
     app.url_map.converters["id"] = IdConverter
-    from app.api import events, health, keys, redirect, urls, users, web
+    from app.api import events, health, keys, redirect, stats, urls, users, web
     from app.openapi import bp as openapi_bp
 
-    for blueprint in (users.bp, urls.bp, events.bp, keys.bp, health.bp, metrics.bp, openapi_bp, web.bp, redirect.bp):
+    for blueprint in (
+        users.bp,
+        urls.bp,
+        events.bp,
+        keys.bp,
+        stats.bp,
+        health.bp,
+        metrics.bp,
+        openapi_bp,
+        web.bp,
+        redirect.bp,
+    ):
         app.register_blueprint(blueprint)
     errors.register(app)
     # Hook order matters: request id first, then who is calling, then that caller's limits.

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from app import metrics, sql
+from app import clickstore, metrics, sql
 from app.cache import Cache, Unavailable
 from app.db import Database
 
@@ -41,6 +41,9 @@ F_REFERRER = "r"
 F_USER_AGENT = "a"
 F_CODE = "s"
 F_REQUEST_ID = "q"
+# The client's address: only in the stream (Redis), which the worker empties; the worker turns
+# it into a visitor id and stores it only when SHORTENER_CLICKS_KEEP_ADDRESSES says so.
+F_ADDRESS = "i"
 
 # A click id made by the Nginx edge (24 hex digits) and handed on with a request it could not
 # finish: the instance queues the click under the same id, so a click the edge may already
@@ -58,10 +61,11 @@ class Click:
     referrer: str
     user_agent: str
     request_id: str = ""
+    address: str = ""
 
     def script_args(self, code: str) -> list[str]:
         """ARGV of app/redirect_hit.lua, in its order."""
-        return [self.click_id, self.ts, self.referrer, self.user_agent, code, self.request_id]
+        return [self.click_id, self.ts, self.referrer, self.user_agent, code, self.request_id, self.address]
 
     def fields(self, url_id: int, user_id: int | None, code: str) -> dict[str, str]:
         """The stream entry, as the script would have queued it on a hit."""
@@ -74,6 +78,7 @@ class Click:
             F_USER_AGENT: self.user_agent,
             F_CODE: code,
             F_REQUEST_ID: self.request_id,
+            F_ADDRESS: self.address,
         }
 
 
@@ -95,7 +100,13 @@ def header_text(value: str | None) -> str:
     return _clip(value)
 
 
-def new_click(referrer: str | None, user_agent: str | None, request_id: str = "", click_id: str | None = None) -> Click:
+def new_click(
+    referrer: str | None,
+    user_agent: str | None,
+    request_id: str = "",
+    click_id: str | None = None,
+    address: str | None = None,
+) -> Click:
     """The click of a redirect; ``click_id`` is the edge's (CLICK_ID_HEADER) when it sent one."""
     return Click(
         click_id=click_id if click_id and _CLICK_ID.match(click_id) else secrets.token_hex(12),
@@ -103,11 +114,13 @@ def new_click(referrer: str | None, user_agent: str | None, request_id: str = ""
         referrer=header_text(referrer),
         user_agent=header_text(user_agent),
         request_id=request_id,
+        address=address or "",
     )
 
 
 def row_from_fields(fields: Mapping[str, str]) -> dict[str, Any]:
-    """A stream entry as the JSON record INSERT_CLICKS reads."""
+    """A stream entry as the JSON record INSERT_CLICKS reads (``address`` never reaches
+    ``events``; app/clickstore.py hashes it)."""
     details = {
         "short_code": fields.get(F_CODE, ""),
         "referrer": _clip(fields.get(F_REFERRER, "")) or None,
@@ -121,11 +134,14 @@ def row_from_fields(fields: Mapping[str, str]) -> dict[str, Any]:
         "user_id": int(fields[F_OWNER]) if fields.get(F_OWNER) else None,
         "ts": fields[F_TIME],
         "details": details,
+        "address": fields.get(F_ADDRESS, "")[:64],
     }
 
 
 def write_rows(db: Database, rows: Iterable[dict[str, Any]]) -> int:
-    """Inserts clicks in one statement; returns how many were new."""
+    """Inserts clicks into ``events`` only, in one statement; returns how many were new. The
+    GET /events drain: cheap, no parsing; the worker's later write of the same clicks (through
+    clickstore.write) fills the statistics."""
     payload = list(rows)
     if not payload:
         return 0
@@ -134,8 +150,9 @@ def write_rows(db: Database, rows: Iterable[dict[str, Any]]) -> int:
         return cur.rowcount
 
 
-def write_direct(db: Database, click: Click, url_id: int, user_id: int | None, code: str) -> None:
-    write_rows(db, [row_from_fields(click.fields(url_id, user_id, code))])
+def write_direct(db: Database, keep_addresses: bool, click: Click, url_id: int, user_id: int | None, code: str) -> None:
+    """Redis is out: the redirect writes its click, statistics included, itself."""
+    clickstore.write(db, [row_from_fields(click.fields(url_id, user_id, code))], keep_addresses)
     metrics.CLICKS_WRITTEN_DIRECT.inc()
 
 

@@ -29,7 +29,7 @@ import redis
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 from redis.exceptions import RedisError, ResponseError
 
-from app import clicks
+from app import clicks, clickstore
 from app.config import Settings, get_settings
 from app.db import Database, DatabaseUnavailable
 from app.logs import configure_logging
@@ -47,6 +47,10 @@ BATCHES = Histogram(
 FAILURES = Counter("shortener_clickworker_failures_total", "Batches that could not be written, by cause.", ["cause"])
 BACKLOG = Gauge("shortener_clickworker_backlog", "Clicks in the stream, not yet written.")
 PENDING = Gauge("shortener_clickworker_pending", "Clicks delivered to a worker but not acknowledged.")
+MAINTAINED = Gauge(
+    "shortener_clickworker_maintenance_timestamp_seconds",
+    "When the worker last made the click partitions ahead and applied the retention.",
+)
 LAST_SUCCESS = Gauge("shortener_clickworker_last_success_timestamp_seconds", "When the worker last completed a loop.")
 
 
@@ -80,18 +84,22 @@ class ClickWorker:
             except (KeyError, ValueError):
                 # Not a click we wrote: keep it out of the table, but say so.
                 log.error("dropping malformed stream entry", extra={"fields": fields})
+        keep = self.settings.clicks_keep_addresses
         try:
-            new = clicks.write_rows(self.db, rows)
-        except psycopg2.DataError:
+            new = clickstore.write(self.db, rows, keep)
+        except (psycopg2.DataError, ValueError):
             # One click PostgreSQL refuses must not block the queue forever: write them one by
             # one and drop (with a log line) only the refused ones.
             new = 0
             for row in rows:
                 try:
-                    new += clicks.write_rows(self.db, [row])
-                except psycopg2.DataError as exc:
+                    new += clickstore.write(self.db, [row], keep)
+                except (psycopg2.DataError, ValueError) as exc:
                     FAILURES.labels("refused").inc()
-                    log.error("dropping a click the database refused", extra={"row": row, "error": str(exc)})
+                    log.error(
+                        "dropping a click the database refused",
+                        extra={"row": {k: v for k, v in row.items() if k != "address"}, "error": str(exc)},
+                    )
         ids = [entry_id for entry_id, _ in entries]
         pipe = self.redis.pipeline(transaction=False)
         pipe.xack(self.stream, GROUP, *ids)
@@ -146,6 +154,12 @@ class ClickWorker:
         entries = reply[0][1] if reply else []
         return self._write(entries)
 
+    def maintain(self) -> None:
+        """Partitions ahead, retention, visitor keys (app/clickstore.py); cheap, idempotent."""
+        result = clickstore.maintain(self.db, self.settings)
+        MAINTAINED.set(time.time())
+        log.debug("click tables maintained", extra=result)
+
     def update_gauges(self, written: bool = True) -> None:
         BACKLOG.set(self.redis.xlen(self.stream))
         try:
@@ -167,8 +181,13 @@ class ClickWorker:
         delay = 0.5
         recovered = False
         last_claim = 0.0
+        last_maintenance = 0.0
+        settings = self.settings
         while not self.stopping.is_set():
             try:
+                if not last_maintenance or time.monotonic() - last_maintenance > settings.clicks_maintenance_seconds:
+                    self.maintain()
+                    last_maintenance = time.monotonic()
                 if not recovered:
                     self.ensure_group()
                     self.own_pending()

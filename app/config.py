@@ -87,6 +87,17 @@ class Settings(BaseSettings):
     clickworker_claim_idle_ms: int = Field(30000, ge=1000)
     clickworker_metrics_addr: str = "127.0.0.1:9101"
 
+    # Click analytics (docs/analytics.md). Raw client addresses are not stored unless this says
+    # so; the statistics only need the daily visitor id.
+    clicks_keep_addresses: bool = False
+    # Months of raw click rows kept (whole monthly partitions are dropped); 0 keeps them all.
+    # The rollups behind the statistics and the `events` rows are kept either way.
+    clicks_retention_months: int = Field(13, ge=0)
+    # Monthly partitions created ahead of time by the worker's maintenance.
+    clicks_partitions_ahead: int = Field(2, ge=1, le=24)
+    # How often the worker runs that maintenance (partitions, retention, visitor key rotation).
+    clicks_maintenance_seconds: int = Field(3600, ge=10)
+
     @field_validator("metrics_allow", "trusted_proxies")
     @classmethod
     def _networks(cls, value: str) -> str:

@@ -29,6 +29,8 @@ def _schemas() -> dict[str, Any]:
         (schemas.KeyIn, "validation"),
         (schemas.ApiKey, "serialization"),
         (schemas.ApiKeyCreated, "serialization"),
+        (schemas.LinkStats, "serialization"),
+        (schemas.TopLinks, "serialization"),
     ]
     _, top = models_json_schema(models, ref_template=_REF)
     return top.get("$defs", {})
@@ -261,9 +263,48 @@ def _key_paths() -> dict[str, Any]:
     }
 
 
+def _stats_paths() -> dict[str, Any]:
+    """Statistics (docs/analytics.md): the owner's key or an admin key."""
+    moment = {"type": "string", "description": "ISO 8601 date or date-time; UTC unless it names an offset"}
+    return {
+        "/urls/{url_id}/stats": {
+            "parameters": [_path("url_id", ID)],
+            "get": {
+                "summary": "A link's clicks, humans, bots, unique visitors, time series and top tables",
+                "parameters": [
+                    _query("from", moment),
+                    _query("to", moment),
+                    _query("granularity", {"type": "string", "enum": ["hour", "day"], "default": "day"}),
+                    _query("top", {"type": "integer", "minimum": 1, "maximum": 100, "default": 10}),
+                ],
+                "responses": {"200": _json(_ref("LinkStats"), "The link's statistics"), **_errors(400, 404)},
+            },
+        },
+        "/stats/top": {
+            "get": {
+                "summary": "The most-followed links (an admin key: all; a user's key: its own)",
+                "parameters": [
+                    _query("from", moment),
+                    _query("to", moment),
+                    _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000, "default": 10}),
+                ],
+                "responses": {"200": _json(_ref("TopLinks"), "Links by clicks, most first"), **_errors(400)},
+            },
+        },
+    }
+
+
 def spec() -> dict[str, Any]:
     # Merged in the contract's order: the spec's JSON lists the paths so.
-    paths = {**_health_path(), **_user_paths(), **_url_paths(), **_event_paths(), **_public_paths(), **_key_paths()}
+    paths = {
+        **_health_path(),
+        **_user_paths(),
+        **_url_paths(),
+        **_event_paths(),
+        **_public_paths(),
+        **_key_paths(),
+        **_stats_paths(),
+    }
     return {
         "openapi": "3.0.3",
         "info": {"title": "shortener", "version": "1.0.0"},

@@ -5,12 +5,13 @@
 -- back (STREAM_FIELDS there lists the same names: change both or neither).
 --
 -- KEYS[1] the link's cache key, KEYS[2] the click stream.
--- ARGV: click id, time (UTC, ISO 8601, seconds), referrer, user agent, short code, request id.
+-- ARGV: click id, time (UTC, ISO 8601, seconds), referrer, user agent, short code, request id,
+-- client address (the click worker hashes it into a visitor id; docs/analytics.md).
 -- Returns the cached value: nil (a miss), '-' (negative), '!' (tombstone) or the link
 -- "url_id \t user_id \t status \t location"; only the last queues a click.
 local v = redis.call('GET', KEYS[1])
 if not v or v == '!' or v == '-' then return v end
 local id, uid = string.match(v, '^(%d+)\t(%d*)\t')
 redis.call('XADD', KEYS[2], '*', 'c', ARGV[1], 'u', id, 'o', uid, 't', ARGV[2],
-           'r', ARGV[3], 'a', ARGV[4], 's', ARGV[5], 'q', ARGV[6])
+           'r', ARGV[3], 'a', ARGV[4], 's', ARGV[5], 'q', ARGV[6], 'i', ARGV[7] or '')
 return v

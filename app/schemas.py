@@ -288,3 +288,50 @@ def key_out(row: dict[str, Any]) -> dict[str, Any]:
         "last_used_at": timestamp(row["last_used_at"]) if row["last_used_at"] else None,
         "revoked_at": timestamp(row["revoked_at"]) if row["revoked_at"] else None,
     }
+
+
+# --- statistics (app/api/stats.py; docs/analytics.md) -------------------------------------------
+class StatsBucket(BaseModel):
+    time: str
+    clicks: int
+    humans: int
+    bots: int
+    # Granularity "day" only: a visitor id lives one UTC day, so finer buckets have none.
+    unique_visitors: int | None = None
+
+
+class StatsCount(BaseModel):
+    value: str
+    clicks: int
+
+
+class LinkStats(BaseModel):
+    url_id: int
+    short_code: str
+    start: str = Field(alias="from")
+    to: str
+    granularity: Literal["hour", "day"]
+    total_clicks: int
+    humans: int
+    bots: int
+    unique_visitors: int
+    series: list[StatsBucket]
+    referrers: list[StatsCount]
+    browsers: list[StatsCount]
+    operating_systems: list[StatsCount]
+    devices: list[StatsCount]
+
+
+class TopLink(BaseModel):
+    url_id: int
+    short_code: str
+    clicks: int
+    humans: int
+    bots: int
+    unique_visitors: int
+
+
+class TopLinks(BaseModel):
+    start: str = Field(alias="from")
+    to: str
+    links: list[TopLink]

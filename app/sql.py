@@ -168,6 +168,97 @@ ORDER BY c.ts, c.click_id
 ON CONFLICT (click_id) DO NOTHING
 """
 
+# --- click analytics (docs/analytics.md) -----------------------------------------------------
+# One batch of clicks in ONE statement, so one transaction: the events the contract lists, the
+# parsed raw clicks and every rollup. The rollups are fed only by the raw rows this statement
+# inserted (RETURNING), so a click delivered twice is counted once and the rollups always agree
+# with the raw rows. Each upsert goes in key order: concurrent writers never deadlock.
+WRITE_CLICKS = """
+WITH c AS (
+    SELECT * FROM jsonb_to_recordset(%s::jsonb) AS c(
+        click_id text, url_id bigint, user_id bigint, ts timestamp, details jsonb, visitor text,
+        is_bot boolean, browser text, os text, device text, referrer_domain text, client_addr inet)
+), ev AS (
+    INSERT INTO events (url_id, user_id, event_type, "timestamp", details, click_id)
+    SELECT (SELECT u.id FROM urls u WHERE u.id = c.url_id), (SELECT s.id FROM users s WHERE s.id = c.user_id),
+           'click', c.ts, c.details, c.click_id
+    FROM c ORDER BY c.ts, c.click_id
+    ON CONFLICT (click_id) DO NOTHING RETURNING 1
+), raw AS (
+    INSERT INTO clicks (ts, click_id, url_id, visitor, is_bot, browser, os, device, referrer_domain, client_addr)
+    SELECT c.ts, c.click_id, c.url_id, c.visitor, c.is_bot, c.browser, c.os, c.device, c.referrer_domain,
+           c.client_addr
+    FROM c WHERE EXISTS (SELECT 1 FROM urls u WHERE u.id = c.url_id) ORDER BY c.ts, c.click_id
+    ON CONFLICT (ts, click_id) DO NOTHING
+    RETURNING url_id, ts, visitor, is_bot, browser, os, device, referrer_domain
+), hourly AS (
+    INSERT INTO click_hourly AS h (url_id, hour, clicks, bots)
+    SELECT url_id, date_trunc('hour', ts), count(*), count(*) FILTER (WHERE is_bot) FROM raw
+    GROUP BY 1, 2 ORDER BY 1, 2
+    ON CONFLICT (url_id, hour) DO UPDATE SET clicks = h.clicks + EXCLUDED.clicks, bots = h.bots + EXCLUDED.bots
+), seen AS (
+    INSERT INTO click_visitors (url_id, day, visitor)
+    SELECT DISTINCT url_id, ts::date, visitor FROM raw ORDER BY 1, 2, 3
+    ON CONFLICT DO NOTHING RETURNING url_id, day
+), daily AS (
+    INSERT INTO click_daily AS d (url_id, day, clicks, bots, uniques)
+    SELECT r.url_id, r.day, r.clicks, r.bots, COALESCE(s.n, 0)
+    FROM (SELECT url_id, ts::date AS day, count(*) AS clicks, count(*) FILTER (WHERE is_bot) AS bots
+          FROM raw GROUP BY 1, 2) r
+    LEFT JOIN (SELECT url_id, day, count(*) AS n FROM seen GROUP BY 1, 2) s USING (url_id, day)
+    ORDER BY 1, 2
+    ON CONFLICT (url_id, day) DO UPDATE
+    SET clicks = d.clicks + EXCLUDED.clicks, bots = d.bots + EXCLUDED.bots, uniques = d.uniques + EXCLUDED.uniques
+), dims AS (
+    INSERT INTO click_dims AS m (url_id, day, dimension, value, clicks)
+    SELECT url_id, ts::date, x.dimension, x.value, count(*)
+    FROM raw CROSS JOIN LATERAL (VALUES ('referrer', referrer_domain), ('browser', browser), ('os', os),
+                                        ('device', device)) AS x(dimension, value)
+    GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4
+    ON CONFLICT (url_id, day, dimension, value) DO UPDATE SET clicks = m.clicks + EXCLUDED.clicks
+)
+SELECT (SELECT count(*) FROM ev) AS events, (SELECT count(*) FROM raw) AS clicks
+"""
+
+CLICKS_PARTITION = "SELECT clicks_partition(%s) AS name"
+CLICKS_DROP_PARTITIONS = "SELECT clicks_drop_partitions(%s) AS name"
+# The visitor keys and seen visitors of days before yesterday: gone, so old ids stay unlinkable.
+PRUNE_VISITORS = f"""
+WITH k AS (DELETE FROM visitor_keys WHERE day < {NOW}::date - 1)
+DELETE FROM click_visitors WHERE day < {NOW}::date - 1
+"""
+INSERT_VISITOR_KEY = "INSERT INTO visitor_keys (day, key) VALUES (%s, %s) ON CONFLICT DO NOTHING"
+VISITOR_KEY = "SELECT key FROM visitor_keys WHERE day = %s"
+
+# Clicks already in `events` (a database upgraded from before the analytics), oldest first, by
+# keyset on id: python -m app.clickstore backfill feeds them to WRITE_CLICKS.
+CLICK_EVENTS_AFTER = """
+SELECT id, click_id, url_id, user_id, "timestamp" AS ts, details FROM events
+WHERE event_type = 'click' AND click_id IS NOT NULL AND url_id IS NOT NULL AND id > %s
+ORDER BY id LIMIT %s
+"""
+
+STATS_SERIES = """
+SELECT date_trunc(%(unit)s, hour) AS bucket, sum(clicks) AS clicks, sum(bots) AS bots FROM click_hourly
+WHERE url_id = %(url_id)s AND hour >= %(start)s AND hour < %(end)s GROUP BY 1
+"""
+STATS_DAILY = """
+SELECT day, uniques FROM click_daily
+WHERE url_id = %(url_id)s AND day >= %(start)s::date AND day < %(end)s::date
+"""
+STATS_DIMENSIONS = """
+SELECT dimension, value, sum(clicks) AS clicks FROM click_dims
+WHERE url_id = %(url_id)s AND day >= %(start)s::date AND day < %(end)s::date
+GROUP BY 1, 2 ORDER BY 1, 3 DESC, value COLLATE "C"
+"""
+STATS_TOP = """
+SELECT d.url_id, u.short_code, sum(d.clicks) AS clicks, sum(d.bots) AS bots, sum(d.uniques) AS uniques
+FROM click_daily d JOIN urls u ON u.id = d.url_id
+WHERE d.day >= %(start)s::date AND d.day < %(end)s::date AND u.deleted_at IS NULL
+  AND (%(owner_id)s::bigint IS NULL OR u.user_id = %(owner_id)s)
+GROUP BY 1, 2 ORDER BY 3 DESC, 1 LIMIT %(limit)s
+"""
+
 # --- seed loading ------------------------------------------------------------------------
 SEED_USER = """
 INSERT INTO users (id, username, email, created_at) VALUES (%s, %s, %s, %s)

@@ -60,7 +60,10 @@ def truncate(stack: DevStack) -> None:
     conn = psycopg2.connect(stack.direct_database_url)
     try:
         with conn, conn.cursor() as cur:
-            cur.execute("TRUNCATE api_keys, events, urls, users RESTART IDENTITY CASCADE")
+            cur.execute(
+                "TRUNCATE api_keys, events, urls, users, clicks, click_hourly, click_daily, click_dims,"
+                " click_visitors, visitor_keys RESTART IDENTITY CASCADE"
+            )
     finally:
         conn.close()
 

@@ -8,7 +8,7 @@ import re
 
 from flask import Blueprint, Response, g, request
 
-from app import clicks, metrics, sql
+from app import access, clicks, metrics, sql
 from app.cache import NEGATIVE, TOMBSTONE, CachedLink, Unavailable
 from app.errors import ApiError
 from app.services import services
@@ -42,6 +42,7 @@ def follow(short_code: str) -> Response:
             request.user_agent.string,
             g.get("request_id", ""),
             request.headers.get(clicks.CLICK_ID_HEADER),
+            access.address(),
         )
 
     cached: str | None = None
@@ -88,4 +89,4 @@ def _record(click: clicks.Click, link: CachedLink, code: str) -> None:
             return
         except Unavailable:
             pass
-    clicks.write_direct(svc.db, click, link.url_id, link.user_id, code)
+    clicks.write_direct(svc.db, svc.settings.clicks_keep_addresses, click, link.url_id, link.user_id, code)

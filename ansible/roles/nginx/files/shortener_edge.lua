@@ -181,6 +181,7 @@ function _M.redirect()
         header_text(var.http_user_agent),
         code,
         var.shortener_request_id,
+        var.remote_addr,
     }
     local value, err = call_redis(conf.key_prefix .. code, args)
     if err then

@@ -1,0 +1,185 @@
+"""Clicks into the statistics tables: parse, hash, write in one statement; keep the partitions.
+
+``write`` is what the click worker (and a redirect writing its own click while Redis is out)
+calls for a batch: each click gets its browser, OS, device type, bot flag, referrer domain and
+daily visitor id (app/clickparse.py), then sql.WRITE_CLICKS stores the event, the raw click and
+the rollups in one statement. ``maintain`` creates next months' partitions, drops those past
+the retention and forgets old visitor keys; the worker runs it every
+``clicks_maintenance_seconds``. Run by hand: ``python -m app.clickstore maintain|backfill``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import secrets
+import sys
+import threading
+from collections.abc import Iterable
+from datetime import UTC, date, datetime
+from typing import Any
+
+import psycopg2.errors
+
+from app import clickparse, sql
+from app.config import Settings, get_settings
+from app.db import Database
+
+log = logging.getLogger(__name__)
+
+BACKFILL_BATCH = 2000
+
+# Per process: the day keys and partitions already fetched or made (a day key never changes
+# once stored; a partition is only dropped months after its last click).
+_day_keys: dict[date, bytes] = {}
+_partitions: set[date] = set()
+_lock = threading.Lock()
+
+
+def _day_key(cur: Any, day: date) -> bytes:
+    known = _day_keys.get(day)
+    if known is not None:
+        return known
+    # Another writer may store the day's key first: ON CONFLICT keeps theirs, and we read it.
+    # Remembered only after the commit (write), so a rolled-back key is never used again.
+    cur.execute(sql.INSERT_VISITOR_KEY, (day, secrets.token_bytes(32)))
+    cur.execute(sql.VISITOR_KEY, (day,))
+    return bytes(cur.fetchone()["key"])
+
+
+def _month(day: date) -> date:
+    return day.replace(day=1)
+
+
+def enrich(row: dict[str, Any], day_key: bytes, keep_addresses: bool) -> dict[str, Any]:
+    """A clicks.row_from_fields record with what the statistics tables need."""
+    details = row["details"]
+    user_agent = details.get("user_agent") or ""
+    agent = clickparse.agent(user_agent)
+    address = row.get("address", "")
+    return {
+        **{k: v for k, v in row.items() if k != "address"},
+        "visitor": clickparse.visitor_id(day_key, address, user_agent),
+        "is_bot": agent.is_bot,
+        "browser": agent.browser,
+        "os": agent.os,
+        "device": agent.device,
+        "referrer_domain": clickparse.referrer_domain(details.get("referrer") or ""),
+        "client_addr": clickparse.storable_address(address) if keep_addresses and address else None,
+    }
+
+
+def _day(ts: str | datetime) -> date:
+    return (ts if isinstance(ts, datetime) else datetime.fromisoformat(ts)).date()
+
+
+def write(db: Database, rows: Iterable[dict[str, Any]], keep_addresses: bool) -> int:
+    """Writes a batch of clicks (events, raw clicks, rollups); returns how many events were new.
+
+    Raises ValueError for a click whose time is not a timestamp (the worker drops it)."""
+    batch = list(rows)
+    if not batch:
+        return 0
+    days = [_day(row["ts"]) for row in batch]
+    try:
+        return _write(db, batch, days, keep_addresses)
+    except psycopg2.errors.CheckViolation:
+        # "no partition found for row": another process dropped a month this one still
+        # believed in (a click older than the retention). Create it again, once.
+        with _lock:
+            _partitions.clear()
+        return _write(db, batch, days, keep_addresses)
+
+
+def _write(db: Database, batch: list[dict[str, Any]], days: list[date], keep_addresses: bool) -> int:
+    months = {_month(day) for day in days} - _partitions
+    with db.transaction() as cur:
+        keys = {day: _day_key(cur, day) for day in set(days)}
+        for month in months:
+            cur.execute(sql.CLICKS_PARTITION, (month,))
+        payload = [enrich(row, keys[day], keep_addresses) for row, day in zip(batch, days, strict=True)]
+        cur.execute(sql.WRITE_CLICKS, (json.dumps(payload, default=str),))
+        new = int(cur.fetchone()["events"])
+    with _lock:
+        _partitions.update(months)
+        if len(_day_keys) > 8:
+            _day_keys.clear()
+        _day_keys.update(keys)
+    return new
+
+
+def _add_months(day: date, months: int) -> date:
+    index = day.year * 12 + day.month - 1 + months
+    return date(index // 12, index % 12 + 1, 1)
+
+
+def maintain(db: Database, settings: Settings, today: date | None = None) -> dict[str, list[str]]:
+    """Partitions for this month and ``clicks_partitions_ahead`` more; partitions older than
+    ``clicks_retention_months`` dropped whole; visitor keys of days before yesterday deleted."""
+    today = today or datetime.now(UTC).date()
+    created = []
+    with db.transaction() as cur:
+        for ahead in range(settings.clicks_partitions_ahead + 1):
+            month = _add_months(today, ahead)
+            cur.execute(sql.CLICKS_PARTITION, (month,))
+            created.append(cur.fetchone()["name"])
+        dropped: list[str] = []
+        if settings.clicks_retention_months:
+            cur.execute(sql.CLICKS_DROP_PARTITIONS, (_add_months(today, -settings.clicks_retention_months),))
+            dropped = [r["name"] for r in cur.fetchall()]
+        cur.execute(sql.PRUNE_VISITORS)
+    if dropped:
+        with _lock:
+            _partitions.clear()
+        log.info("dropped click partitions past the retention", extra={"partitions": dropped})
+    return {"ensured": created, "dropped": dropped}
+
+
+def backfill(db: Database, settings: Settings) -> int:
+    """Feeds the clicks already in ``events`` (from before the analytics) to the statistics,
+    oldest first. Idempotent: a click already counted is skipped by WRITE_CLICKS. Such clicks
+    carry no address, so their visitor id rests on the user agent alone."""
+    after = 0
+    done = 0
+    while True:
+        rows = db.fetch_all(sql.CLICK_EVENTS_AFTER, (after, BACKFILL_BATCH))
+        if not rows:
+            return done
+        after = rows[-1]["id"]
+        batch = [
+            {
+                "click_id": r["click_id"],
+                "url_id": r["url_id"],
+                "user_id": r["user_id"],
+                "ts": r["ts"].isoformat(),
+                "details": r["details"],
+            }
+            for r in rows
+        ]
+        write(db, batch, settings.clicks_keep_addresses)
+        done += len(batch)
+        log.info("backfilled clicks", extra={"done": done, "last_event_id": after})
+
+
+def main(argv: list[str] | None = None) -> int:
+    from app.logs import configure_logging
+
+    parser = argparse.ArgumentParser(prog="python -m app.clickstore", description=__doc__.splitlines()[0])
+    parser.add_argument("command", choices=["maintain", "backfill"])
+    args = parser.parse_args(argv)
+    settings = get_settings()
+    configure_logging(settings.log_level)
+    db = Database(settings.database_url, 1, 30.0, settings.db_connect_timeout)
+    try:
+        if args.command == "maintain":
+            print(json.dumps(maintain(db, settings)))
+        else:
+            print(json.dumps({"backfilled": backfill(db, settings)}))
+    finally:
+        db.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,188 @@
+"""Click analytics against the real stack: the worker's parsing and rollups, the statistics API
+with hand-computed expectations, privacy, partitions and retention, the upgrade path."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import redis as redis_lib
+
+from app import clickparse, clicks, clickstore, clickworker
+from app.db import Database
+from tests.conftest import make_settings
+
+CHROME = (
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36"
+)
+IPHONE = (
+    "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko)"
+    " Version/17.0 Mobile/15E148 Safari/604.1"
+)
+GOOGLEBOT = "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)"
+
+# (time UTC, user agent, address, referrer): two days, a visitor seen on both sides of midnight,
+# one address with two browsers, a bot, referrers with and without "www.", none.
+CLICK_SET = [
+    ("2026-11-28T10:15:00", CHROME, "10.0.0.1", "https://www.news.example/a"),
+    ("2026-11-28T10:45:00", CHROME, "10.0.0.1", "https://news.example/b"),
+    ("2026-11-28T11:05:00", IPHONE, "10.0.0.2", ""),
+    ("2026-11-28T23:59:59", IPHONE, "10.0.0.2", "https://t.co/x"),
+    ("2026-11-29T00:00:00", IPHONE, "10.0.0.2", "https://t.co/y"),
+    ("2026-11-29T08:00:00", GOOGLEBOT, "10.0.0.3", ""),
+    ("2026-11-29T08:30:00", CHROME, "10.0.0.2", "https://news.example/"),
+]
+
+
+@pytest.fixture
+def worker_parts(clean):
+    settings = make_settings(clean, clickworker_batch_size=50, clickworker_block_ms=100)
+    db = Database(settings.database_url, 2, 5, 2)
+    client = redis_lib.Redis.from_url(settings.redis_url, decode_responses=True, socket_timeout=5)
+    yield settings, db, client
+    db.close()
+    client.close()
+
+
+def queue(redis, stream: str, url: dict, click_set: list[tuple[str, str, str, str]]) -> list[dict[str, str]]:
+    entries = []
+    for ts, agent, address, referrer in click_set:
+        click = dataclasses.replace(clicks.new_click(referrer, agent, address=address), ts=ts)
+        fields = click.fields(url["id"], url["user_id"], url["short_code"])
+        redis.xadd(stream, fields)
+        entries.append(fields)
+    return entries
+
+
+def run_worker(settings, db, client) -> None:
+    worker = clickworker.ClickWorker(settings, db, client, "analytics-test")
+    worker.ensure_group()
+    while worker.step():
+        pass
+
+
+def test_statistics_of_a_generated_click_set(client, make_url, worker_parts, redis, sql):
+    settings, db, rclient = worker_parts
+    url = make_url()
+    other = make_url()
+    queue(redis, settings.click_stream, url, CLICK_SET)
+    queue(redis, settings.click_stream, other, CLICK_SET[:2])
+    run_worker(settings, db, rclient)
+
+    stats = client.get(f"/urls/{url['id']}/stats?from=2026-11-28&to=2026-11-30").get_json()
+    assert stats["from"] == "2026-11-28T00:00:00" and stats["to"] == "2026-11-30T00:00:00"
+    assert stats["granularity"] == "day"
+    assert (stats["total_clicks"], stats["humans"], stats["bots"]) == (7, 6, 1)
+    # Day 1: (10.0.0.1, Chrome), (10.0.0.2, iPhone). Day 2: the iPhone again (a new day), the
+    # bot, (10.0.0.2, Chrome). Visitors are per day: 2 + 3.
+    assert stats["unique_visitors"] == 5
+    assert stats["series"] == [
+        {"time": "2026-11-28T00:00:00", "clicks": 4, "humans": 4, "bots": 0, "unique_visitors": 2},
+        {"time": "2026-11-29T00:00:00", "clicks": 3, "humans": 2, "bots": 1, "unique_visitors": 3},
+    ]
+    assert stats["referrers"] == [
+        {"value": "news.example", "clicks": 3},
+        {"value": "(none)", "clicks": 2},
+        {"value": "t.co", "clicks": 2},
+    ]
+    assert stats["browsers"] == [
+        {"value": "Chrome", "clicks": 3},
+        {"value": "Mobile Safari", "clicks": 3},
+        {"value": "Googlebot", "clicks": 1},
+    ]
+    assert stats["operating_systems"] == [
+        {"value": "Windows", "clicks": 3},
+        {"value": "iOS", "clicks": 3},
+        {"value": "Other", "clicks": 1},
+    ]
+    assert stats["devices"] == [
+        {"value": "desktop", "clicks": 3},
+        {"value": "mobile", "clicks": 3},
+        {"value": "bot", "clicks": 1},
+    ]
+    # The full referrer stays in the event; the statistics only keep its domain.
+    referrers = sql("SELECT details->>'referrer' FROM events WHERE url_id = %s AND event_type = 'click'", (url["id"],))
+    assert ("https://www.news.example/a",) in referrers
+
+
+def test_hourly_series_time_zones_and_the_top_table(client, make_url, worker_parts, redis):
+    settings, db, rclient = worker_parts
+    url = make_url()
+    queue(redis, settings.click_stream, url, CLICK_SET)
+    run_worker(settings, db, rclient)
+    # 11:00+01:00 is 10:00 UTC; 12:30 UTC widens to the end of its hour.
+    stats = client.get(
+        f"/urls/{url['id']}/stats",
+        query_string={
+            "from": "2026-11-28T11:00:00+01:00",
+            "to": "2026-11-28T12:30:00Z",
+            "granularity": "hour",
+            "top": 1,
+        },
+    ).get_json()
+    assert (stats["from"], stats["to"]) == ("2026-11-28T10:00:00", "2026-11-28T13:00:00")
+    assert stats["series"] == [
+        {"time": "2026-11-28T10:00:00", "clicks": 2, "humans": 2, "bots": 0},
+        {"time": "2026-11-28T11:00:00", "clicks": 1, "humans": 1, "bots": 0},
+        {"time": "2026-11-28T12:00:00", "clicks": 0, "humans": 0, "bots": 0},
+    ]
+    assert stats["total_clicks"] == 3
+    # Unique visitors and the tables cover the whole day the range touches; top=1 keeps one row.
+    assert stats["unique_visitors"] == 2
+    assert stats["referrers"] == [{"value": "news.example", "clicks": 2}]
+
+
+def test_a_click_delivered_twice_or_drained_first_is_counted_once(client, make_url, worker_parts, redis, sql):
+    settings, db, rclient = worker_parts
+    url = make_url()
+    entries = queue(redis, settings.click_stream, url, CLICK_SET)
+    # GET /events writes the queued clicks into events first (no statistics there)...
+    assert len(client.get(f"/events?event_type=click&url_id={url['id']}").get_json()) == 7
+    run_worker(settings, db, rclient)
+    # ...and a redelivery of the same clicks (a worker killed before its XACK) adds nothing.
+    for fields in entries:
+        redis.xadd(settings.click_stream, fields)
+    run_worker(settings, db, rclient)
+    assert sql("SELECT count(*) FROM events WHERE event_type = 'click'") == [(7,)]
+    assert sql("SELECT count(*) FROM clicks") == [(7,)]
+    assert sql("SELECT sum(clicks), sum(bots) FROM click_hourly") == [(7, 1)]
+    assert sql("SELECT sum(clicks), sum(uniques) FROM click_daily") == [(7, 5)]
+    assert sql("SELECT dimension, sum(clicks) FROM click_dims GROUP BY 1 ORDER BY 1") == [
+        ("browser", 7),
+        ("device", 7),
+        ("os", 7),
+        ("referrer", 7),
+    ]
+
+
+def test_no_address_is_stored_unless_asked_and_visitor_ids_change_daily(app_factory, make_url, worker_parts, sql):
+    settings, db, rclient = worker_parts
+    url = make_url()
+    client = app_factory().test_client()
+    # Through the real redirect (and the Redis script): the address travels in the stream only.
+    for _ in range(2):
+        response = client.get(
+            f"/{url['short_code']}", environ_base={"REMOTE_ADDR": "192.0.2.7"}, headers={"User-Agent": CHROME}
+        )
+        assert response.status_code == 302
+    run_worker(settings, db, rclient)
+    assert sql("SELECT count(*), count(client_addr), count(DISTINCT visitor) FROM clicks") == [(2, 0, 1)]
+    events = sql("SELECT details::text FROM events WHERE event_type = 'click'")
+    assert events and not any("192.0.2.7" in text for (text,) in events)
+    [(day, key)] = sql("SELECT day, key FROM visitor_keys")
+    [(visitor,)] = sql("SELECT DISTINCT visitor FROM clicks")
+    assert visitor == clickparse.visitor_id(bytes(key), "192.0.2.7", CHROME)
+    assert day == sql("SELECT max(ts)::date FROM clicks")[0][0]
+
+    # SHORTENER_CLICKS_KEEP_ADDRESSES=true: the address is kept too.
+    assert clickstore.write(db, [clicks.row_from_fields(_fields(url, "2026-11-29T09:00:00", "198.51.100.9"))], True)
+    assert sql("SELECT host(client_addr) FROM clicks WHERE client_addr IS NOT NULL") == [("198.51.100.9",)]
+    # The same address and agent on two days: two unrelated ids (one key per day).
+    clickstore.write(db, [clicks.row_from_fields(_fields(url, "2026-11-28T09:00:00", "198.51.100.9"))], False)
+    ids = sql("SELECT visitor FROM clicks WHERE ts::date IN ('2026-11-28', '2026-11-29') ORDER BY ts")
+    assert len({v for (v,) in ids}) == 2
+
+
+def _fields(url: dict, ts: str, address: str) -> dict[str, str]:
+    click = dataclasses.replace(clicks.new_click("", CHROME, address=address), ts=ts)
+    return click.fields(url["id"], url["user_id"], url["short_code"])
