@@ -37,6 +37,13 @@ _partitions: set[date] = set()
 _lock = threading.Lock()
 
 
+def forget() -> None:
+    """Drops what this process remembers (tests empty the tables under it)."""
+    with _lock:
+        _day_keys.clear()
+        _partitions.clear()
+
+
 def _day_key(cur: Any, day: date) -> bytes:
     known = _day_keys.get(day)
     if known is not None:

@@ -17,7 +17,7 @@ import psycopg2
 import pytest
 import redis as redis_lib
 
-from app import create_app, keys
+from app import clickstore, create_app, keys
 from app.config import Settings
 from devstack import DevStack
 
@@ -66,6 +66,9 @@ def truncate(stack: DevStack) -> None:
             )
     finally:
         conn.close()
+    # The emptied visitor keys (and, after reset_database, partitions) must not live on in
+    # this process's memory.
+    clickstore.forget()
 
 
 @pytest.fixture

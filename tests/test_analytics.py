@@ -4,11 +4,15 @@ with hand-computed expectations, privacy, partitions and retention, the upgrade 
 from __future__ import annotations
 
 import dataclasses
+import json
+import threading
+from datetime import UTC, date, datetime
 
 import pytest
 import redis as redis_lib
 
 from app import clickparse, clicks, clickstore, clickworker
+from app import migrate as migrations
 from app.db import Database
 from tests.conftest import make_settings
 
@@ -186,3 +190,73 @@ def test_no_address_is_stored_unless_asked_and_visitor_ids_change_daily(app_fact
 def _fields(url: dict, ts: str, address: str) -> dict[str, str]:
     click = dataclasses.replace(clicks.new_click("", CHROME, address=address), ts=ts)
     return click.fields(url["id"], url["user_id"], url["short_code"])
+
+
+def test_partitions_are_made_ahead_and_retention_drops_whole_months(clean, make_url, worker_parts, sql):
+    settings, db, _ = worker_parts
+    url = make_url()
+    kept = make_settings(clean, clicks_retention_months=2, clicks_partitions_ahead=2)
+    result = clickstore.maintain(db, kept, today=date(2026, 11, 30))
+    assert result["ensured"] == ["clicks_2026_11", "clicks_2026_12", "clicks_2027_01"]
+    # Clicks of August and September arrive (a late backlog): their months are made on demand.
+    for ts in ("2026-08-31T23:00:00", "2026-09-01T00:00:00"):
+        clickstore.write(db, [clicks.row_from_fields(_fields(url, ts, "10.0.0.1"))], False)
+    parts = {name for (name,) in sql("SELECT relname FROM pg_class WHERE relname ~ '^clicks_2026_0[89]$'")}
+    assert parts == {"clicks_2026_08", "clicks_2026_09"}
+    # Two months kept before November: September and October stay, August goes whole.
+    result = clickstore.maintain(db, kept, today=date(2026, 11, 30))
+    assert result["dropped"] == ["clicks_2026_08"]
+    assert sql("SELECT ts FROM clicks WHERE ts < '2026-10-01' ORDER BY ts") == [(datetime(2026, 9, 1),)]
+    # The rollups keep August's click, and the statistics still count it.
+    assert sql("SELECT sum(clicks) FROM click_hourly WHERE hour < '2026-09-01'") == [(1,)]
+    assert clickstore.maintain(db, kept, today=date(2026, 11, 30))["dropped"] == []
+    # A click of the dropped month written again (another process still believed in it): the
+    # month comes back instead of the batch failing.
+    clickstore._partitions.add(date(2026, 8, 1))
+    clickstore.write(db, [clicks.row_from_fields(_fields(url, "2026-08-15T00:00:00", "10.0.0.9"))], False)
+    assert sql("SELECT count(*) FROM clicks WHERE ts < '2026-09-01'") == [(1,)]
+    # Visitor keys and seen visitors of days before yesterday are deleted.
+    assert sql("SELECT count(*) FROM visitor_keys WHERE day < current_date - 1") == [(1,)]
+    clickstore.maintain(db, settings)
+    assert sql("SELECT count(*) FROM visitor_keys WHERE day < current_date - 1") == [(0,)]
+    assert sql("SELECT count(*) FROM click_visitors WHERE day < current_date - 1") == [(0,)]
+
+
+def test_the_worker_maintains_the_partitions_on_start(worker_parts, sql):
+    settings, db, rclient = worker_parts
+    worker = clickworker.ClickWorker(settings, db, rclient, "analytics-test")
+    threading.Timer(1.0, worker.stopping.set).start()
+    worker.run()
+    month = datetime.now(UTC).strftime("clicks_%Y_%m")
+    assert sql("SELECT count(*) FROM pg_class WHERE relname = %s", (month,)) == [(1,)]
+
+
+def test_upgrade_of_a_database_that_already_holds_clicks(stack, monkeypatch):
+    """0003 with clicks in events -> 0004 -> backfill: nothing lost, statistics filled."""
+    stack.reset_database()
+    settings = make_settings(stack)
+    db = Database(settings.database_url, 2, 10, 3)
+    try:
+        every = migrations.migration_files()
+        monkeypatch.setattr(migrations, "migration_files", lambda: [m for m in every if m[0] < "0004"])
+        migrations.migrate(db, settings)
+        db.execute("INSERT INTO users (username, email) VALUES ('old', 'old@example.com')")
+        db.execute("INSERT INTO urls (user_id, short_code, original_url) VALUES (1, 'old', 'https://example.com/')")
+        for i, (ts, agent, _, referrer) in enumerate(CLICK_SET):
+            details = {"short_code": "old", "referrer": referrer or None, "user_agent": agent}
+            db.execute(
+                'INSERT INTO events (url_id, user_id, event_type, "timestamp", details, click_id)'
+                " VALUES (1, 1, 'click', %s, %s, %s)",
+                (ts, json.dumps(details), f"old-{i}"),
+            )
+        monkeypatch.setattr(migrations, "migration_files", lambda: every)
+        assert migrations.migrate(db, settings) == [v for v, _ in every if v >= "0004"]
+        assert clickstore.backfill(db, settings) == 7
+        assert clickstore.backfill(db, settings) == 7  # again: nothing counted twice
+        assert db.fetch_one("SELECT count(*) AS n FROM events WHERE event_type = 'click'")["n"] == 7
+        totals = db.fetch_one("SELECT sum(clicks) AS c, sum(bots) AS b, sum(uniques) AS u FROM click_daily")
+        # Old clicks carry no address: a visitor is its user agent on that day (day 1: Chrome,
+        # iPhone; day 2: iPhone, Googlebot, Chrome).
+        assert (totals["c"], totals["b"], totals["u"]) == (7, 1, 5)
+    finally:
+        db.close()
