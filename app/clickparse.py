@@ -50,6 +50,13 @@ def agent(user_agent: str) -> Agent:
     return Agent(browser, os_name, _device_type(os_name, device_family, is_bot), is_bot)
 
 
+def warm_up() -> None:
+    """Loads the rules and compiles every regular expression now (seconds of CPU), rather than
+    inside the first batches: a string no rule matches walks them all."""
+    ua_parser.parse("shortener-warm-up/0")
+    _crawlers.isCrawler("shortener-warm-up/0")
+
+
 def _device_type(os_name: str, device_family: str, is_bot: bool) -> str:
     if is_bot:
         return "bot"

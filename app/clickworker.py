@@ -29,7 +29,7 @@ import redis
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 from redis.exceptions import RedisError, ResponseError
 
-from app import clicks, clickstore
+from app import clickparse, clicks, clickstore
 from app.config import Settings, get_settings
 from app.db import Database, DatabaseUnavailable
 from app.logs import configure_logging
@@ -55,13 +55,24 @@ LAST_SUCCESS = Gauge("shortener_clickworker_last_success_timestamp_seconds", "Wh
 
 
 class ClickWorker:
-    def __init__(self, settings: Settings, db: Database, client: redis.Redis, name: str) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        db: Database,
+        client: redis.Redis,
+        name: str,
+        stopping: threading.Event | None = None,
+        primary: bool = True,
+    ) -> None:
         self.settings = settings
         self.db = db
         self.redis = client
         self.stream = settings.click_stream
         self.name = name
-        self.stopping = threading.Event()
+        self.stopping = stopping or threading.Event()
+        # Of several workers in one process (clickworker_threads) one keeps the gauges and
+        # runs the maintenance; the others only write.
+        self.primary = primary
         # How often the backlog and pending gauges are read from Redis, apart from the loop.
         self.gauge_interval = 5.0
 
@@ -177,7 +188,8 @@ class ClickWorker:
                 self.update_gauges(written=False)
 
     def run(self) -> None:
-        threading.Thread(target=self._watch_queue, name="queue-gauges", daemon=True).start()
+        if self.primary:
+            threading.Thread(target=self._watch_queue, name="queue-gauges", daemon=True).start()
         delay = 0.5
         recovered = False
         last_claim = 0.0
@@ -185,7 +197,8 @@ class ClickWorker:
         settings = self.settings
         while not self.stopping.is_set():
             try:
-                if not last_maintenance or time.monotonic() - last_maintenance > settings.clicks_maintenance_seconds:
+                due = not last_maintenance or time.monotonic() - last_maintenance > settings.clicks_maintenance_seconds
+                if self.primary and due:
                     self.maintain()
                     last_maintenance = time.monotonic()
                 if not recovered:
@@ -227,7 +240,8 @@ def main() -> int:
     host, _, port = settings.clickworker_metrics_addr.rpartition(":")
     if port:
         start_http_server(int(port), addr=host or "127.0.0.1")
-    db = Database(settings.database_url, 2, 10.0, settings.db_connect_timeout)
+    threads = settings.clickworker_threads
+    db = Database(settings.database_url, threads + 1, 10.0, settings.db_connect_timeout)
     client = redis.Redis.from_url(
         settings.redis_url,
         socket_timeout=max(settings.redis_socket_timeout, settings.clickworker_block_ms / 1000 + 2),
@@ -237,18 +251,35 @@ def main() -> int:
     # A stable name per host and unit lets a restarted worker find its own pending entries
     # at once; claim_stale covers the rest.
     name = os.environ.get("SHORTENER_CLICKWORKER_NAME") or f"{socket.gethostname()}-clickworker"
-    worker = ClickWorker(settings, db, client, name)
+    # Several consumers in one process: while one waits for PostgreSQL another parses its batch
+    # (docs/analytics.md, "Ingestion"). Each has its own stable name.
+    stopping = threading.Event()
+    workers = [
+        ClickWorker(settings, db, client, name if i == 0 else f"{name}-{i + 1}", stopping, primary=i == 0)
+        for i in range(threads)
+    ]
+    clickparse.warm_up()
 
     def _stop(signum: int, frame: FrameType | None) -> None:
         log.info("stopping after the current batch", extra={"signal": signum})
-        worker.stopping.set()
+        stopping.set()
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    log.info("click worker started", extra={"consumer": name, "stream": worker.stream})
-    worker.run()
+    log.info("click worker started", extra={"consumer": name, "threads": threads, "stream": settings.click_stream})
+    run_all(workers)
     db.close()
     return 0
+
+
+def run_all(workers: list[ClickWorker]) -> None:
+    """Runs the workers in threads of this one (which runs the first) until they stop."""
+    others = [threading.Thread(target=w.run, name=f"clickworker-{i + 2}") for i, w in enumerate(workers[1:])]
+    for thread in others:
+        thread.start()
+    workers[0].run()
+    for thread in others:
+        thread.join()
 
 
 if __name__ == "__main__":

@@ -86,6 +86,8 @@ class Settings(BaseSettings):
     clickworker_linger_ms: int = Field(200, ge=0, le=5000)
     clickworker_claim_idle_ms: int = Field(30000, ge=1000)
     clickworker_metrics_addr: str = "127.0.0.1:9101"
+    # Consumers per worker process (threads): one waits for PostgreSQL while another parses.
+    clickworker_threads: int = Field(2, ge=1, le=16)
 
     # Click analytics (docs/analytics.md). Raw client addresses are not stored unless this says
     # so; the statistics only need the daily visitor id.

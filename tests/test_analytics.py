@@ -260,3 +260,20 @@ def test_upgrade_of_a_database_that_already_holds_clicks(stack, monkeypatch):
         assert (totals["c"], totals["b"], totals["u"]) == (7, 1, 5)
     finally:
         db.close()
+
+
+def test_several_consumers_in_one_process_share_the_stream(make_url, worker_parts, redis, sql):
+    settings, db, rclient = worker_parts
+    url = make_url()
+    entries = queue(redis, settings.click_stream, url, CLICK_SET * 30)
+    for fields in entries[:50]:  # delivered twice, stored once
+        redis.xadd(settings.click_stream, fields)
+    stopping = threading.Event()
+    workers = [
+        clickworker.ClickWorker(settings, db, rclient, f"pair-{i}", stopping, primary=i == 0) for i in range(2)
+    ]
+    threading.Timer(2.0, stopping.set).start()
+    clickworker.run_all(workers)
+    assert sql("SELECT count(*) FROM events WHERE event_type = 'click'") == [(210,)]
+    assert sql("SELECT sum(clicks) FROM click_daily") == [(210,)]
+    assert redis.xlen(settings.click_stream) == 0

@@ -78,12 +78,15 @@ DECLARE
     name TEXT := 'clicks_' || to_char(first, 'YYYY_MM');
 BEGIN
     IF to_regclass(name) IS NULL THEN
-        -- Two workers creating the same month: the loser waits on the lock, then sees it.
+        -- Two workers creating the same month: the loser waits on the lock and then, as its
+        -- catalog view may still be the old one, finds the table taken.
         PERFORM pg_advisory_xact_lock(hashtext('shortener:' || name));
-        IF to_regclass(name) IS NULL THEN
+        BEGIN
             EXECUTE format('CREATE TABLE %I PARTITION OF clicks FOR VALUES FROM (%L) TO (%L)',
                            name, first, (first + interval '1 month')::date);
-        END IF;
+        EXCEPTION WHEN duplicate_table THEN
+            NULL;
+        END;
     END IF;
     RETURN name;
 END

@@ -1,0 +1,134 @@
+"""How fast the click worker empties the stream: clicks written per second (docs/analytics.md).
+
+    .venv/bin/python -m tests.bench_ingest --clicks 20000 --workers 1
+
+Uses the dev stack of the service tests (the SHORTENER_TEST_* ports; it starts it if needed),
+empties its database, queues ``--clicks`` clicks over 100 links with 40 user agents (real
+traffic repeats a few) and 5,000 addresses, then times ``--workers`` worker processes until the
+stream is empty and every click is in ``events``. Not a test: a measurement to repeat.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+import random
+import threading
+import time
+
+import psycopg2
+import redis as redis_lib
+
+from app import clickworker
+from app.db import Database
+from devstack import DevStack
+from tests.conftest import make_settings, truncate
+
+AGENTS = (
+    [
+        f"Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/{v}.0 Safari/537.36"
+        for v in range(100, 120)
+    ]
+    + [
+        f"Mozilla/5.0 (iPhone; CPU iPhone OS {v}_0 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Mobile"
+        for v in range(10, 29)
+    ]
+    + ["Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)"]
+)
+
+
+def _work(name: str, stack_urls: tuple[str, str], ready) -> None:
+    try:  # as the worker's main() does before its loop (absent before the analytics)
+        from app import clickparse
+
+        clickparse.warm_up()
+    except ImportError:
+        pass
+    ready.wait()
+    settings = make_settings_from(stack_urls)
+    db = Database(settings.database_url, 4, 10, 3)
+    client = redis_lib.Redis.from_url(settings.redis_url, decode_responses=True)
+    threads = []
+    for i in range(getattr(settings, "clickworker_threads", 1)):
+        worker = clickworker.ClickWorker(settings, db, client, f"{name}-{i}")
+        threads.append(threading.Thread(target=_drain, args=(worker,)))
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    db.close()
+
+
+def _drain(worker: clickworker.ClickWorker) -> None:
+    while worker.step():
+        pass
+
+
+def make_settings_from(urls: tuple[str, str]):
+    class _Stack:
+        database_url, redis_url = urls
+
+    threads = int(os.environ.get("BENCH_THREADS", "1"))  # absent before the analytics: 1
+    return make_settings(_Stack(), clickworker_batch_size=500, clickworker_block_ms=200, clickworker_threads=threads)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--clicks", type=int, default=20000)
+    parser.add_argument("--workers", type=int, default=1, help="processes")
+    parser.add_argument("--threads", type=int, default=1, help="consumers (threads) per process")
+    args = parser.parse_args()
+    os.environ["BENCH_THREADS"] = str(args.threads)
+    stack = DevStack()
+    stack.start()
+    from app import create_app
+
+    create_app(make_settings(stack)).extensions["shortener"].db.close()  # migrations
+    truncate(stack)
+    stack.flush_redis()
+    conn = psycopg2.connect(stack.direct_database_url)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute(
+            "INSERT INTO urls (short_code, original_url) SELECT 'b' || g, 'https://example.com/' || g"
+            " FROM generate_series(1, 100) g"
+        )
+    settings = make_settings(stack)
+    client = redis_lib.Redis.from_url(stack.redis_url, decode_responses=True)
+    clickworker.ClickWorker(settings, None, client, "setup").ensure_group()  # type: ignore[arg-type]
+    rng = random.Random(7)
+    now = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
+    pipe = client.pipeline(transaction=False)
+    for i in range(args.clicks):
+        link = rng.randint(1, 100)
+        fields = {"c": f"{i:024x}", "u": str(link), "o": "", "t": now, "r": "https://news.example/x"}
+        fields |= {"a": rng.choice(AGENTS), "s": f"b{link}", "q": "", "i": f"10.0.{rng.randint(0, 19)}.{i % 250}"}
+        pipe.xadd(settings.click_stream, fields)
+        if i % 1000 == 999:
+            pipe.execute()
+    pipe.execute()
+    ready = multiprocessing.Barrier(args.workers + 1)
+    procs = [
+        multiprocessing.Process(target=_work, args=(f"bench-{n}", (stack.database_url, stack.redis_url), ready))
+        for n in range(args.workers)
+    ]
+    for proc in procs:
+        proc.start()
+    ready.wait()  # every worker started and warmed up
+    started = time.perf_counter()
+    for proc in procs:
+        proc.join()
+    elapsed = time.perf_counter() - started
+    with conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM events WHERE event_type = 'click'")
+        written = cur.fetchone()[0]
+    print(
+        f"{written} of {args.clicks} clicks written by {args.workers} process(es) x {args.threads} thread(s)"
+        f" in {elapsed:.2f} s: "
+        f"{written / elapsed:.0f} clicks/s"
+    )
+
+
+if __name__ == "__main__":
+    main()
