@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import threading
+import time
 from datetime import UTC, date, datetime
 
 import pytest
@@ -269,10 +270,15 @@ def test_several_consumers_in_one_process_share_the_stream(make_url, worker_part
     for fields in entries[:50]:  # delivered twice, stored once
         redis.xadd(settings.click_stream, fields)
     stopping = threading.Event()
-    workers = [
-        clickworker.ClickWorker(settings, db, rclient, f"pair-{i}", stopping, primary=i == 0) for i in range(2)
-    ]
-    threading.Timer(2.0, stopping.set).start()
+    workers = [clickworker.ClickWorker(settings, db, rclient, f"pair-{i}", stopping, primary=i == 0) for i in range(2)]
+
+    def stop_when_empty() -> None:
+        deadline = time.monotonic() + 60
+        while redis.xlen(settings.click_stream) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        stopping.set()
+
+    threading.Thread(target=stop_when_empty).start()
     clickworker.run_all(workers)
     assert sql("SELECT count(*) FROM events WHERE event_type = 'click'") == [(210,)]
     assert sql("SELECT sum(clicks) FROM click_daily") == [(210,)]
