@@ -113,6 +113,8 @@ MATRIX: list[tuple[str, Any, Any, tuple[int, int, int, int, int]]] = [
     ("GET", "/keys", None, (401, 200, 200, 200, 401)),
     ("GET", lambda w: f"/keys/{w.key_a_id}", None, (401, 200, 404, 200, 401)),
     ("DELETE", lambda w: f"/keys/{w.new_key_a()}", None, (401, 204, 404, 204, 401)),
+    ("GET", lambda w: f"/urls/{w.url_a['id']}/stats", None, (401, 200, 404, 200, 401)),
+    ("GET", "/stats/top", None, (401, 200, 200, 200, 401)),  # B sees its own (none)
     ("GET", "/metrics", None, (200, 200, 200, 200, 401)),  # from 127.0.0.1: metrics_allow
     ("GET", "/nothing/here", None, (404, 404, 404, 404, 404)),
 ]
