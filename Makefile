@@ -19,7 +19,7 @@ LAB_HOST    := lab-aio=10.213.0.10
 LAB_ADDR    := 10.213.0.10
 export ANSIBLE_CONFIG := $(ROOT)/ansible/ansible.cfg
 
-.PHONY: help deps venv requirements lint test test-service test-molecule test-cluster up down dev seed clean loadtest bench openloop
+.PHONY: help deps venv requirements lint test test-service test-molecule test-cluster up down dev seed clean loadtest bench openloop canary-demo
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -105,6 +105,9 @@ bench: venv ## wrk: hot/cold redirect, link creation vs static-302 and bare-WSGI
 openloop: venv ## hey: latency at fixed offered redirect rates over 1000 open connections; click check (OPENLOOP_ARGS=...)
 	command -v hey >/dev/null || { apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends hey >/dev/null; }
 	$(PY) $(ROOT)/loadtests/openloop.py --target http://$(LAB_ADDR) $(OPENLOOP_ARGS)
+
+canary-demo: venv ## after make up: a bad release rolled back by its canary, a good one promoted, a rolling deploy, under steady load (CANARY_ARGS=...)
+	$(PY) $(ROOT)/loadtests/canary_demo.py --inventory $(ROOT)/ansible/inventories/lab --target http://$(LAB_ADDR) $(CANARY_ARGS)
 
 dev: venv ## run the service locally (Flask dev server) against private PostgreSQL and Redis
 	eval "$$($(PY) -m tests.services up)"
