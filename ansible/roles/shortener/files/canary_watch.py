@@ -35,11 +35,17 @@ def query(base_url: str, promql: str) -> float:
     return float(result[0]["value"][1]) if result else math.nan
 
 
+def promql_regex(names: list[str]) -> str:
+    """A regex matching exactly these names, escaped for a PromQL string literal (whose own
+    escapes are Go's: re.escape's backslashes must be doubled, or Prometheus answers 400)."""
+    return "|".join(re.escape(name) for name in names).replace("\\", "\\\\")
+
+
 def figures(base_url: str, canary: str, others: list[str], window: int) -> dict[str, float]:
     """Requests, 5xx ratio and p99 of the canary and of the other instances over the window."""
     selectors = {
         "canary": f'instance="{canary}"',
-        "others": f'instance=~"{"|".join(re.escape(name) for name in others)}"',
+        "others": f'instance=~"{promql_regex(others)}"',
     }
     out: dict[str, float] = {}
     for who, selector in selectors.items():
