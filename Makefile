@@ -14,12 +14,22 @@ BIN         := $(VENV)/bin
 LAB         := python3 $(ROOT)/lab/lab.py
 APT_PACKAGES := python3-venv python3-dev gcc libpq-dev postgresql pgbouncer redis-server \
                 chromium chromium-driver systemd-container debootstrap iptables openssh-client \
-                curl ca-certificates rsync prometheus prometheus-alertmanager
-LAB_HOST    := lab-aio=10.213.0.10
-LAB_ADDR    := 10.213.0.10
+                curl ca-certificates rsync prometheus prometheus-alertmanager \
+                nginx libnginx-mod-http-lua lua-nginx-redis
+# make up's all-in-one host: its name and address live in labkit/hosts.py (and its inventory).
+LAB_AIO     := $(shell cd $(ROOT) && python3 -c 'from labkit.hosts import AIO_NAME, AIO_ADDRESS; print(AIO_NAME, AIO_ADDRESS)')
+LAB_HOST    := $(word 1,$(LAB_AIO))=$(word 2,$(LAB_AIO))
+LAB_ADDR    := $(word 2,$(LAB_AIO))
+# The fresh host `make restore-drill` restores onto (made and removed by the target).
+DRILL_HOST  := lab-drill=10.213.0.11
+DRILL_INVENTORY := inventories/lab
+RESTORE_TARGET ?=
+# make canary-demo's host: make up's by default, any converged host's inventory and address.
+CANARY_INVENTORY ?= ansible/inventories/lab
+CANARY_ADDR ?= $(LAB_ADDR)
 export ANSIBLE_CONFIG := $(ROOT)/ansible/ansible.cfg
 
-.PHONY: help deps venv requirements lint test test-service test-molecule test-cluster up down dev seed clean loadtest bench openloop canary-demo
+.PHONY: help deps venv requirements lint test test-service test-molecule test-cluster up down dev seed clean loadtest bench openloop restore-drill chaos canary-demo
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -91,34 +101,46 @@ up: venv ## deploy the whole stack to a local lab host and print where it answer
 	echo "pages sent to the lab's Discord sink: python3 lab/lab.py ssh lab-aio curl -s 127.0.0.1:9095/messages"
 	echo "shell on the host: python3 lab/lab.py shell lab-aio;  remove it: make down"
 
+restore-drill: venv ## restore the latest backup (or RESTORE_TARGET='YYYY-MM-DD HH:MM:SS', UTC) onto a fresh lab host: data compared, RTO printed
+	name=$(firstword $(subst =, ,$(DRILL_HOST))); addr=$(lastword $(subst =, ,$(DRILL_HOST)))
+	$(LAB) down "$$name" >/dev/null 2>&1 || true
+	$(LAB) up $(DRILL_HOST)
+	cd $(ROOT)/ansible && $(BIN)/ansible-playbook -i $(DRILL_INVENTORY) playbooks/restore-drill.yml \
+	  -e "$$(printf '{"restore_drill_name": "%s", "restore_drill_address": "%s", "restore_drill_target": "%s"}' "$$name" "$$addr" "$(RESTORE_TARGET)")"
+	$(LAB) down "$$name"
+
 down: ## remove the lab host(s), the bridge and the NAT rule
 	$(LAB) down
 
 loadtest: venv ## Locust ladder (50 .. 5000 users) against the lab host: CSV, markdown table, charts (LOADTEST_ARGS=...)
 	$(PY) -m pip install -q -r $(ROOT)/loadtests/requirements.txt
-	$(PY) $(ROOT)/loadtests/run.py --target http://$(LAB_ADDR) $(LOADTEST_ARGS)
+	cd $(ROOT) && $(PY) -m loadtests.run --target http://$(LAB_ADDR) $(LOADTEST_ARGS)
 
 bench: venv ## wrk: hot/cold redirect, link creation vs static-302 and bare-WSGI references; click count check (BENCH_ARGS=...)
 	command -v wrk >/dev/null || { apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends wrk >/dev/null; }
-	$(PY) $(ROOT)/loadtests/bench.py --target http://$(LAB_ADDR) $(BENCH_ARGS)
+	cd $(ROOT) && $(PY) -m loadtests.bench --target http://$(LAB_ADDR) $(BENCH_ARGS)
 
 openloop: venv ## hey: latency at fixed offered redirect rates over 1000 open connections; click check (OPENLOOP_ARGS=...)
 	command -v hey >/dev/null || { apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends hey >/dev/null; }
-	$(PY) $(ROOT)/loadtests/openloop.py --target http://$(LAB_ADDR) $(OPENLOOP_ARGS)
+	cd $(ROOT) && $(PY) -m loadtests.openloop --target http://$(LAB_ADDR) $(OPENLOOP_ARGS)
 
-canary-demo: venv ## after make up: a bad release rolled back by its canary, a good one promoted, a rolling deploy, under steady load (CANARY_ARGS=...)
-	$(PY) $(ROOT)/loadtests/canary_demo.py --inventory $(ROOT)/ansible/inventories/lab --target http://$(LAB_ADDR) $(CANARY_ARGS)
+chaos: venv ## the chaos suite against the lab host: every experiment under traffic -> docs/chaos.md, docs/img/chaos/ (CHAOS_ARGS=--only NAME...)
+	$(PY) -m pip install -q "$$(grep '^matplotlib==' $(ROOT)/loadtests/requirements.txt)"
+	cd $(ROOT) && $(PY) -m chaos.run --suite aio --inventory ansible/inventories/lab $(CHAOS_ARGS)
+
+canary-demo: venv ## after make up: a bad release rolled back by its canary, a good one promoted, a rolling deploy, rollback.yml, under steady load (CANARY_INVENTORY= CANARY_ADDR= CANARY_ARGS=...)
+	cd $(ROOT) && $(PY) -m loadtests.canary_demo --inventory $(CANARY_INVENTORY) --target http://$(CANARY_ADDR) $(CANARY_ARGS)
 
 dev: venv ## run the service locally (Flask dev server) against private PostgreSQL and Redis
-	eval "$$($(PY) -m tests.services up)"
+	eval "$$($(PY) -m devstack up)"
 	export SHORTENER_BIND=$${SHORTENER_BIND:-127.0.0.1:8000} SHORTENER_LOG_LEVEL=$${SHORTENER_LOG_LEVEL:-INFO} SHORTENER_ACCESS_PROFILE=open
-	echo "serving on http://$$SHORTENER_BIND/ (stop with Ctrl-C; 'python -m tests.services down' stops the databases)"
+	echo "serving on http://$$SHORTENER_BIND/ (stop with Ctrl-C; 'python -m devstack down' stops the databases)"
 	$(PY) -m app
 
 seed: venv ## load ../shared/seed into the `make dev` database
-	eval "$$($(PY) -m tests.services up)"
+	eval "$$($(PY) -m devstack up)"
 	SHORTENER_ACCESS_PROFILE=open $(PY) -m app.seed $(ROOT)/../shared/seed
 
 clean: ## stop the test databases and remove local state
-	[ -x $(PY) ] && $(PY) -m tests.services down || true
+	[ -x $(PY) ] && $(PY) -m devstack down || true
 	rm -rf $(ROOT)/.test-services $(ROOT)/.coverage*

@@ -67,10 +67,6 @@ def create_app(settings: Settings | None = None) -> Flask:
     _instrument(app)
     access.register(app)
     limits.init(app, settings)
-    # Cached redirects skip Flask altogether (app/fastpath.py); everything else passes through.
-    from app.fastpath import FastRedirect
-
-    app.wsgi_app = FastRedirect(app, app.wsgi_app)  # type: ignore[method-assign]
     return app
 
 

@@ -8,7 +8,7 @@ for the ownership rules: :func:`owner_filter` for listings, :func:`visible` for 
 :func:`require_user` for /users/<id>, :func:`owner_of_new` and :func:`key_owner` for creation.
 
 The redirect never gets here with any work to do: it is public, and the hook returns at its
-first test (the cached redirect in app/fastpath.py does not reach Flask at all).
+first test (and a cached redirect is answered by the Nginx edge without reaching an instance).
 """
 
 from __future__ import annotations

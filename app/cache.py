@@ -22,7 +22,8 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from importlib import resources
+from typing import TYPE_CHECKING, TypeVar
 
 import redis
 from redis.backoff import NoBackoff
@@ -30,6 +31,9 @@ from redis.exceptions import NoScriptError, RedisError
 from redis.retry import Retry
 
 from app import metrics
+
+if TYPE_CHECKING:
+    from app.clicks import Click
 
 log = logging.getLogger(__name__)
 
@@ -39,15 +43,8 @@ KEY_PREFIX = "shortener:url:"
 NEGATIVE = "-"
 TOMBSTONE = "!"
 
-# KEYS[1] link key, KEYS[2] click stream. ARGV: click_id, ts, referrer, user_agent, code.
-_HIT_SCRIPT = """
-local v = redis.call('GET', KEYS[1])
-if not v or v == '!' or v == '-' then return v end
-local id, uid = string.match(v, '^(%d+)\\t(%d*)\\t')
-redis.call('XADD', KEYS[2], '*', 'c', ARGV[1], 'u', id, 'o', uid, 't', ARGV[2],
-           'r', ARGV[3], 'a', ARGV[4], 's', ARGV[5])
-return v
-"""
+# Reads a link and, on a hit, queues its click: the one script the Nginx edge runs as well.
+_HIT_SCRIPT = (resources.files("app") / "redirect_hit.lua").read_text(encoding="utf-8")
 
 # KEYS[1] link key. ARGV: value, ttl. Fills unless a tombstone is there.
 _FILL_SCRIPT = """
@@ -209,10 +206,10 @@ class Cache:
             return False
 
     # --- redirect path -----------------------------------------------------------------
-    def lookup_and_click(self, code: str, click: dict[str, str]) -> str | None:
+    def lookup_and_click(self, code: str, click: Click) -> str | None:
         """Reads a link; on a hit also queues the click. Returns the raw value or None."""
         key = KEY_PREFIX + code
-        args = [click["c"], click["t"], click["r"], click["a"], code]
+        args = click.script_args(code)
         return self.call(lambda r: self._hit_once(r, key, args))
 
     def _hit_once(self, r: redis.Redis, key: str, args: list[str]) -> str | None:

@@ -14,8 +14,10 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import re
 import secrets
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -28,40 +30,97 @@ log = logging.getLogger(__name__)
 MAX_HEADER_CHARS = 512
 DRAIN_PAGE = 1000
 
+# The click stream's field names, the ONE place Python spells them (short names keep the
+# stream small). The Redis script app/redirect_hit.lua writes a hit's click with the same
+# names; tests/test_edge.py checks that both agree.
+F_CLICK_ID = "c"
+F_URL_ID = "u"
+F_OWNER = "o"
+F_TIME = "t"
+F_REFERRER = "r"
+F_USER_AGENT = "a"
+F_CODE = "s"
+F_REQUEST_ID = "q"
 
-def header_text(value: str | None) -> str:
-    """A request header as stored text: WSGI hands headers over decoded as latin-1, so bytes
-    that were UTF-8 are decoded again; NUL and other C0 controls are dropped."""
-    if not value:
-        return ""
-    with contextlib.suppress(UnicodeEncodeError, UnicodeDecodeError):
-        value = value.encode("latin-1").decode("utf-8")
+# A click id made by the Nginx edge (24 hex digits) and handed on with a request it could not
+# finish: the instance queues the click under the same id, so a click the edge may already
+# have queued (Redis answered too late) is stored once.
+CLICK_ID_HEADER = "X-Shortener-Click-Id"
+_CLICK_ID = re.compile(r"^[0-9a-f]{24}$")
+
+
+@dataclass(frozen=True)
+class Click:
+    """One redirect's click, before the link it belongs to is known."""
+
+    click_id: str
+    ts: str
+    referrer: str
+    user_agent: str
+    request_id: str = ""
+
+    def script_args(self, code: str) -> list[str]:
+        """ARGV of app/redirect_hit.lua, in its order."""
+        return [self.click_id, self.ts, self.referrer, self.user_agent, code, self.request_id]
+
+    def fields(self, url_id: int, user_id: int | None, code: str) -> dict[str, str]:
+        """The stream entry, as the script would have queued it on a hit."""
+        return {
+            F_CLICK_ID: self.click_id,
+            F_URL_ID: str(url_id),
+            F_OWNER: "" if user_id is None else str(user_id),
+            F_TIME: self.ts,
+            F_REFERRER: self.referrer,
+            F_USER_AGENT: self.user_agent,
+            F_CODE: code,
+            F_REQUEST_ID: self.request_id,
+        }
+
+
+def _clip(value: str) -> str:
+    """NUL and other C0 controls dropped (PostgreSQL refuses NUL in text), at most
+    MAX_HEADER_CHARS characters. Applied again to what the stream holds: the edge queues
+    headers as sent, only made valid UTF-8."""
     cleaned = "".join(ch for ch in value if ch >= " " or ch == "\t")
     return cleaned.encode("utf-8", "replace").decode("utf-8")[:MAX_HEADER_CHARS]
 
 
-def new_click(referrer: str | None, user_agent: str | None) -> dict[str, str]:
-    """The fields a click is queued with (short names keep the stream small)."""
-    return {
-        "c": secrets.token_hex(12),
-        "t": datetime.now(UTC).replace(tzinfo=None).isoformat(timespec="seconds"),
-        "r": header_text(referrer),
-        "a": header_text(user_agent),
-    }
+def header_text(value: str | None) -> str:
+    """A request header as stored text: WSGI hands headers over decoded as latin-1, so bytes
+    that were UTF-8 are decoded again; bytes that are not UTF-8 stay latin-1 characters."""
+    if not value:
+        return ""
+    with contextlib.suppress(UnicodeEncodeError, UnicodeDecodeError):
+        value = value.encode("latin-1").decode("utf-8")
+    return _clip(value)
+
+
+def new_click(referrer: str | None, user_agent: str | None, request_id: str = "", click_id: str | None = None) -> Click:
+    """The click of a redirect; ``click_id`` is the edge's (CLICK_ID_HEADER) when it sent one."""
+    return Click(
+        click_id=click_id if click_id and _CLICK_ID.match(click_id) else secrets.token_hex(12),
+        ts=datetime.now(UTC).replace(tzinfo=None).isoformat(timespec="seconds"),
+        referrer=header_text(referrer),
+        user_agent=header_text(user_agent),
+        request_id=request_id,
+    )
 
 
 def row_from_fields(fields: Mapping[str, str]) -> dict[str, Any]:
-    """A stream entry (or a click not queued) as the JSON record INSERT_CLICKS reads."""
+    """A stream entry as the JSON record INSERT_CLICKS reads."""
+    details = {
+        "short_code": fields.get(F_CODE, ""),
+        "referrer": _clip(fields.get(F_REFERRER, "")) or None,
+        "user_agent": _clip(fields.get(F_USER_AGENT, "")) or None,
+    }
+    if fields.get(F_REQUEST_ID):
+        details["request_id"] = fields[F_REQUEST_ID]
     return {
-        "click_id": fields["c"],
-        "url_id": int(fields["u"]) if fields.get("u") else None,
-        "user_id": int(fields["o"]) if fields.get("o") else None,
-        "ts": fields["t"],
-        "details": {
-            "short_code": fields.get("s", ""),
-            "referrer": fields.get("r") or None,
-            "user_agent": fields.get("a") or None,
-        },
+        "click_id": fields[F_CLICK_ID],
+        "url_id": int(fields[F_URL_ID]) if fields.get(F_URL_ID) else None,
+        "user_id": int(fields[F_OWNER]) if fields.get(F_OWNER) else None,
+        "ts": fields[F_TIME],
+        "details": details,
     }
 
 
@@ -75,9 +134,8 @@ def write_rows(db: Database, rows: Iterable[dict[str, Any]]) -> int:
         return cur.rowcount
 
 
-def write_direct(db: Database, click: dict[str, str], url_id: int, user_id: int | None, code: str) -> None:
-    fields = dict(click, u=str(url_id), o="" if user_id is None else str(user_id), s=code)
-    write_rows(db, [row_from_fields(fields)])
+def write_direct(db: Database, click: Click, url_id: int, user_id: int | None, code: str) -> None:
+    write_rows(db, [row_from_fields(click.fields(url_id, user_id, code))])
     metrics.CLICKS_WRITTEN_DIRECT.inc()
 
 

@@ -1,7 +1,7 @@
 """Replay docs/walkthrough-induced-fault.md on a lab host and print what the on-call sees.
 
-    .venv/bin/python lab/walkthrough.py                  # make up's host, 10.213.0.10
-    .venv/bin/python lab/walkthrough.py --host 10.213.0.30 --name mol-aio
+    .venv/bin/python -m lab.walkthrough                  # make up's host (labkit.hosts)
+    .venv/bin/python -m lab.walkthrough --host 10.213.0.30 --name mol-aio
 
 It sends light traffic through Nginx, stops PostgreSQL, waits for the page in the lab's
 Discord sink, then evaluates the queries of the dashboard panels the walk-through reads
@@ -27,11 +27,10 @@ from urllib.parse import quote
 
 import requests
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "loadtests"))
+from labkit.hosts import AIO_ADDRESS
+from loadtests import apikey, labssh
 
-import apikey  # noqa: E402 - after the path is set
-import labssh  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 DASHBOARDS = ROOT / "ansible/roles/grafana/files/dashboards"
 PASSWORD_FILE = ROOT / "ansible/.secrets/journal_gateway_password"
@@ -141,7 +140,7 @@ class Traffic(threading.Thread):
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--host", default="10.213.0.10", help="the lab host's address (lb, db and monitoring)")
+    parser.add_argument("--host", default=AIO_ADDRESS, help="the lab host's address (lb, db and monitoring)")
     parser.add_argument("--name", default="lab-aio", help="its inventory name (the console's path)")
     apikey.add_argument(parser)
     args = parser.parse_args()

@@ -1,6 +1,6 @@
 """The canary demonstration of docs/deployment.md, against one converged lab host.
 
-    python3 loadtests/canary_demo.py --inventory .lab-inv/hosts.yml --target http://10.213.0.121
+    .venv/bin/python -m loadtests.canary_demo --inventory .lab-inv/hosts.yml --target http://10.213.0.121
 
 Three deploys, each under steady traffic (loadtests/steady.py) counted from start to end:
 
@@ -63,8 +63,10 @@ def release_copy(scratch: Path, name: str, patch: str) -> Path:
 def deploy(args: argparse.Namespace, name: str, src: Path | None, canary: bool) -> dict:
     """One deploy.yml (rollback.yml without src) run under steady traffic: exit status, time, traffic."""
     load_out = Path(args.out).with_name(f"canary-demo-{name}-load.json")
-    steady = [sys.executable, str(ROOT / "loadtests" / "steady.py"), "--target", args.target]
-    load = subprocess.Popen([*steady, "--rate", str(args.rate), "--out", str(load_out)], stdout=subprocess.DEVNULL)
+    steady = [sys.executable, "-m", "loadtests.steady", "--target", args.target]
+    load = subprocess.Popen(
+        [*steady, "--rate", str(args.rate), "--out", str(load_out)], cwd=ROOT, stdout=subprocess.DEVNULL
+    )
     time.sleep(args.settle)
     command = [str(ROOT / ".venv" / "bin" / "ansible-playbook"), "-i", str(Path(args.inventory).resolve())]
     if src is None:

@@ -1,8 +1,8 @@
 """Profile the hot redirect under load: wrk drives one cached link through Nginx while py-spy
 samples Gunicorn workers on the lab host; prints where the workers' time goes.
 
-    python loadtests/hotprofile.py                   # 25 s, every worker of instance 8001
-    python loadtests/hotprofile.py --seconds 40 --instance 8002 --out /tmp/prof
+    python -m loadtests.hotprofile                   # 25 s, every worker of instance 8001
+    python -m loadtests.hotprofile --seconds 40 --instance 8002 --out /tmp/prof
 
 py-spy (the PyPI package's static binary from this machine's .venv) is copied to the host's
 /usr/local/bin for the run. Output: one collapsed-stack file per worker (``py-spy record
@@ -14,21 +14,19 @@ from __future__ import annotations
 
 import argparse
 import collections
-import json
 import os
 import shutil
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 from urllib.parse import urlparse
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+from labkit.hosts import DEFAULT_TARGET
+from loadtests import apikey, labssh
+from loadtests.bench import create_link
 
-import apikey  # noqa: E402 - after the path is set
-import labssh  # noqa: E402
+HERE = Path(__file__).resolve().parent
 
 
 def summarize(files: list[Path], top: int) -> str:
@@ -71,9 +69,12 @@ def cpu_snapshot(host: str) -> dict[str, float]:
     return usage
 
 
-def main(argv: list[str] | None = None) -> int:
+REMOTE_DIR = "/tmp/shortener-profile"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--target", default="http://10.213.0.10")
+    parser.add_argument("--target", default=DEFAULT_TARGET)
     parser.add_argument("--seconds", type=int, default=25)
     parser.add_argument("--connections", type=int, default=100)
     parser.add_argument("--instance", default="8001", help="the instance (port) whose workers are sampled")
@@ -86,69 +87,72 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--out", type=Path, default=HERE / "results" / time.strftime("profile-%Y%m%d-%H%M%S"))
     apikey.add_argument(parser)
-    args = parser.parse_args(argv)
-    host = urlparse(args.target).hostname or ""
-    args.out.mkdir(parents=True, exist_ok=True)
+    return parser.parse_args(argv)
 
+
+def install_pyspy(host: str) -> None:
+    """This machine's py-spy, copied to the host (no package there)."""
     pyspy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     with open(pyspy, "rb") as handle:
         labssh.ssh(host, "cat > /usr/local/bin/py-spy && chmod 755 /usr/local/bin/py-spy", stdin=handle.read())
-    req = urllib.request.Request(
-        args.target.rstrip("/") + "/urls",
-        data=json.dumps({"original_url": "https://example.com/profile", "title": "profile"}).encode(),
-        headers={"Content-Type": "application/json", **apikey.headers(apikey.resolve(args.api_key))},
-        method="POST",
+
+
+def start_wrk(args: argparse.Namespace, code: str) -> subprocess.Popen[str]:
+    """wrk on the one cached link, a little longer than the sampling (which starts 3 s in)."""
+    cmd = ["wrk", "-t", "2", "-c", str(args.connections), "-d", f"{args.seconds + 6}s", "--latency"]
+    return subprocess.Popen([*cmd, f"{args.target.rstrip('/')}/{code}"], stdout=subprocess.PIPE, text=True)
+
+
+def record(host: str, args: argparse.Namespace, workers: list[str]) -> tuple[dict[str, float], float]:
+    """py-spy on every worker at once; the CPU each command used on the host meanwhile, and over how long."""
+    cpu_before = cpu_snapshot(host)
+    cpu_started = time.monotonic()
+    mode = "" if args.all_threads else "--gil "
+    spies = " & ".join(
+        f"py-spy record --nonblocking {mode}--rate {args.rate} -d {args.seconds} --format raw "
+        f"-o {REMOTE_DIR}/{pid}.txt --pid {pid} >/dev/null 2>&1"
+        for pid in workers
     )
-    with urllib.request.urlopen(req, timeout=10) as resp:
-        link = json.loads(resp.read())
+    labssh.ssh(host, f"rm -rf {REMOTE_DIR} && mkdir -p {REMOTE_DIR} && {spies} & wait", timeout=args.seconds + 60)
+    cpu_after = cpu_snapshot(host)
+    used = {k: cpu_after[k] - cpu_before.get(k, 0.0) for k in cpu_after}
+    return used, time.monotonic() - cpu_started
+
+
+def fetch_stacks(host: str, out: Path, workers: list[str]) -> list[Path]:
+    files = []
+    for pid in workers:
+        path = out / f"worker-{pid}.txt"
+        path.write_text(labssh.ssh(host, f"cat {REMOTE_DIR}/{pid}.txt", check=False))
+        files.append(path)
+    return files
+
+
+def cpu_report(used: dict[str, float], seconds: float) -> list[str]:
+    busy = sorted(((v, k) for k, v in used.items() if v > 0.05), reverse=True)
+    lines = [
+        f"CPU used on the host over {seconds:.0f} s of load, by command "
+        f"(py-spy itself included; 100% = one core): {sum(used.values()) / seconds * 100:.0f}% in all"
+    ]
+    return lines + [f"  {100 * v / seconds:6.1f}%  {k}" for v, k in busy]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    host = urlparse(args.target).hostname or ""
+    args.out.mkdir(parents=True, exist_ok=True)
+    install_pyspy(host)
+    link = create_link(args.target, "https://example.com/profile", apikey.resolve(args.api_key), title="profile")
     pids = labssh.ssh(host, f"pgrep -f 'shortener-control/{args.instance}/'").split()
     workers = pids[1:]  # the first is the Gunicorn master (lowest pid)
     print(f"link {link['short_code']}; sampling workers {workers} of instance {args.instance}", flush=True)
-    wrk = subprocess.Popen(
-        [
-            "wrk",
-            "-t",
-            "2",
-            "-c",
-            str(args.connections),
-            "-d",
-            f"{args.seconds + 6}s",
-            "--latency",
-            f"{args.target.rstrip('/')}/{link['short_code']}",
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    wrk = start_wrk(args, link["short_code"])
     time.sleep(3)
-    cpu_before = cpu_snapshot(host)
-    cpu_started = time.monotonic()
-    remote = "/tmp/shortener-profile"
-    mode = "" if args.all_threads else "--gil "
-    record = " & ".join(
-        f"py-spy record --nonblocking {mode}--rate {args.rate} -d {args.seconds} --format raw "
-        f"-o {remote}/{pid}.txt --pid {pid} >/dev/null 2>&1"
-        for pid in workers
-    )
-    labssh.ssh(host, f"rm -rf {remote} && mkdir -p {remote} && {record} & wait", timeout=args.seconds + 60)
-    cpu_after = cpu_snapshot(host)
-    cpu_seconds = time.monotonic() - cpu_started
+    used, cpu_seconds = record(host, args, workers)
     out, _ = wrk.communicate()
     print(out, flush=True)
-    files = []
-    for pid in workers:
-        text = labssh.ssh(host, f"cat {remote}/{pid}.txt", check=False)
-        path = args.out / f"worker-{pid}.txt"
-        path.write_text(text)
-        files.append(path)
-    summary = summarize(files, args.top)
-    used = {k: cpu_after[k] - cpu_before.get(k, 0.0) for k in cpu_after}
-    busy = sorted(((v, k) for k, v in used.items() if v > 0.05), reverse=True)
-    cpu_lines = [
-        f"CPU used on the host over {cpu_seconds:.0f} s of load, by command "
-        f"(py-spy itself included; 100% = one core): {sum(used.values()) / cpu_seconds * 100:.0f}% in all"
-    ]
-    cpu_lines += [f"  {100 * v / cpu_seconds:6.1f}%  {k}" for v, k in busy]
-    summary = "\n".join(cpu_lines) + "\n\n" + summary
+    summary = summarize(fetch_stacks(host, args.out, workers), args.top)
+    summary = "\n".join(cpu_report(used, cpu_seconds)) + "\n\n" + summary
     (args.out / "summary.txt").write_text(summary + "\n\nwrk:\n" + out)
     print(summary)
     print(f"\ncollapsed stacks and summary in {args.out}")

@@ -1,45 +1,21 @@
-"""SSH to a lab host (lab/lab.py's key and options) and the few host-side steps the load
-tests share: load the seed, read machine facts."""
+"""The few host-side steps the load tests share (over labkit.ssh): a query, load the seed,
+read machine facts."""
 
 from __future__ import annotations
 
-import importlib.util
 import io
-import os
 import subprocess
-import sys
 import tarfile
 from pathlib import Path
 
-# The lab tool's own SSH options, so both reach the hosts alike.
-_spec = importlib.util.spec_from_file_location("shortener_lab", Path(__file__).resolve().parents[1] / "lab" / "lab.py")
-assert _spec and _spec.loader
-_lab = importlib.util.module_from_spec(_spec)
-sys.modules.setdefault("shortener_lab", _lab)
-_spec.loader.exec_module(_lab)
+from labkit.ssh import ssh
 
-LAB_KEY = os.environ.get("SHORTENER_LAB_KEY", f"{_lab.DEFAULT_STATE_DIR}/id_ed25519")
-SSH_OPTS = ["-i", LAB_KEY, *_lab.SSH_OPTIONS, "-o", "ConnectTimeout=10"]
+__all__ = ["load_seed", "machine_facts", "psql", "ssh", "with_app_env"]
+
 # Where the shortener role puts the service (ansible/roles/shortener/defaults/main.yml).
 APP_SRC = "/opt/shortener/src"
 APP_VENV = "/opt/shortener/venv"
 APP_ENV = "/etc/shortener/shortener.env"
-
-
-def ssh(host: str, command: str, *, stdin: bytes | None = None, check: bool = True, timeout: float = 300) -> str:
-    """Runs a shell command on the host as root; returns its stdout."""
-    proc = subprocess.run(
-        ["ssh", *SSH_OPTS, f"root@{host}", command],
-        input=stdin,
-        capture_output=True,
-        timeout=timeout,
-        check=False,
-    )
-    if check and proc.returncode != 0:
-        raise RuntimeError(
-            f"ssh {host} {command[:80]!r} exited {proc.returncode}: {proc.stderr.decode(errors='replace')[-2000:]}"
-        )
-    return proc.stdout.decode(errors="replace")
 
 
 def with_app_env(command: str) -> str:

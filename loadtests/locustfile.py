@@ -27,16 +27,14 @@ import itertools
 import os
 import random
 import string
-import sys
 from pathlib import Path
 
+# Locust loads this file by its path and puts its folder on the import path itself.
+import apikey
 from locust import FastHttpUser, between, constant_pacing, task
 
 REDIRECT_STATUSES = {301, 302, 307, 308}
 _HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(_HERE))
-
-import apikey  # noqa: E402 - after the path is set
 
 # API calls carry the admin key (run.py passes --api-key as SHORTENER_API_KEY): the target
 # runs the keys profile. Redirects carry none, like a visitor's.

@@ -1,7 +1,7 @@
 """Latency under a fixed offered load: hey sends paced redirects over many open connections.
 
-    python loadtests/openloop.py                          # 500, 1000, 1500, 2000 req/s, 1000 connections
-    python loadtests/openloop.py --rates 2000 --seconds 60
+    python -m loadtests.openloop                          # 500, 1000, 1500, 2000 req/s, 1000 connections
+    python -m loadtests.openloop --rates 2000 --seconds 60
 
 wrk is a closed loop: each connection sends its next request when the last one is answered,
 so its latency is connections / throughput. Here every connection sends at a fixed pace
@@ -41,12 +41,10 @@ import time
 from pathlib import Path
 from urllib.parse import urlparse
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+from labkit.hosts import DEFAULT_TARGET
+from loadtests import apikey, bench, labssh
 
-import apikey  # noqa: E402 - after the path is set
-import bench  # noqa: E402
-import labssh  # noqa: E402
+HERE = Path(__file__).resolve().parent
 
 
 def percentile(sorted_values: list[float], pct: float) -> float:
@@ -104,7 +102,7 @@ def run_step(url: str, rate: int, connections: int, per_process: int, seconds: i
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--target", default="http://10.213.0.10")
+    parser.add_argument("--target", default=DEFAULT_TARGET)
     parser.add_argument("--lab-host", default=None, help="SSH address of the host (default: the target's)")
     parser.add_argument("--rates", default="500,1000,1500,2000", help="offered requests/s, one step each")
     parser.add_argument("--connections", type=int, default=1000)

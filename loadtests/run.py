@@ -1,7 +1,7 @@
 """The load ladder: Locust headless against a target at growing user counts.
 
-    python loadtests/run.py                      # http://10.213.0.10, 50 .. 5000 users
-    python loadtests/run.py --users 50,200 --step-seconds 30 --processes 2
+    python -m loadtests.run                      # make up's lab host, 50 .. 5000 users
+    python -m loadtests.run --users 50,200 --step-seconds 30 --processes 2
 
 Per step: Locust runs ``--step-seconds`` in all (users spawned over ``--ramp-seconds``, then
 the statistics are reset, so the figures describe the steady part only). Writes, in
@@ -28,12 +28,11 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from urllib.parse import urlparse
 
+from labkit.hosts import DEFAULT_TARGET, is_lab_address
+from loadtests import apikey, labssh
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-sys.path.insert(0, str(HERE))
-
-import apikey  # noqa: E402 - after the path is set
-import labssh  # noqa: E402
 
 DEFAULT_SEED = ROOT.parent / "shared" / "seed"
 
@@ -110,14 +109,7 @@ def progress_line(prefix: Path) -> str:
     )
 
 
-def run_step(args: argparse.Namespace, users: int, out: Path, index: int, total: int) -> Step:
-    prefix = out / f"step-{users:05d}"
-    ramp = max(1, min(args.ramp_seconds, args.step_seconds // 2))
-    spawn_rate = max(1.0, users / ramp)
-    env = dict(os.environ, LOCUST_WAIT_MIN=str(args.wait_min), LOCUST_WAIT_MAX=str(args.wait_max))
-    env[apikey.ENV] = args.api_key
-    if args.seed_dir:
-        env["SHORTENER_SEED_DIR"] = str(args.seed_dir)
+def locust_command(args: argparse.Namespace, users: int, prefix: Path, spawn_rate: float) -> list[str]:
     cmd = [
         sys.executable,
         "-m",
@@ -147,17 +139,26 @@ def run_step(args: argparse.Namespace, users: int, out: Path, index: int, total:
     ]
     if args.processes > 1:
         cmd += ["--processes", str(args.processes)]
-    load_before = labssh.loadavg1()
-    print(
-        f"[{index}/{total}] {users} users for {args.step_seconds}s (spawn {spawn_rate:g}/s, "
-        f"load average {load_before:.2f})",
-        flush=True,
-    )
+    return cmd
+
+
+def locust_env(args: argparse.Namespace) -> dict[str, str]:
+    env = dict(os.environ, LOCUST_WAIT_MIN=str(args.wait_min), LOCUST_WAIT_MAX=str(args.wait_max))
+    env[apikey.ENV] = args.api_key
+    if args.seed_dir:
+        env["SHORTENER_SEED_DIR"] = str(args.seed_dir)
+    return env
+
+
+def watch_locust(args: argparse.Namespace, cmd: list[str], prefix: Path, ramp: int) -> tuple[int | None, int, float]:
+    """Runs Locust, printing its progress and sampling the host's memory; kills it when it
+    overstays. Returns its exit status, the host's peak memory (MiB) and Locust's CPU as a
+    fraction of one core."""
     started = time.monotonic()
     usage_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     mem_peak = -1
     with open(f"{prefix}.out", "wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=HERE)
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=locust_env(args), cwd=HERE)
         next_mem = ramp + 5.0  # seconds into the step
         while proc.poll() is None:
             time.sleep(args.progress_every)
@@ -169,18 +170,20 @@ def run_step(args: argparse.Namespace, users: int, out: Path, index: int, total:
             if elapsed > args.step_seconds + 60:
                 proc.kill()
                 print("    locust did not stop in time: killed", flush=True)
-    load_after = labssh.loadavg1()
     usage_after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    # Locust's own CPU (all its processes, once they have exited), as % of one core.
-    locust_cpu = (usage_after.ru_utime + usage_after.ru_stime - usage_before.ru_utime - usage_before.ru_stime) / max(
-        1.0, time.monotonic() - started
-    )
+    # Locust's own CPU (all its processes, once they have exited), as a fraction of one core.
+    cpu_seconds = usage_after.ru_utime + usage_after.ru_stime - usage_before.ru_utime - usage_before.ru_stime
+    return proc.returncode, mem_peak, cpu_seconds / max(1.0, time.monotonic() - started)
+
+
+def step_from_stats(args: argparse.Namespace, users: int, prefix: Path, **measured: float) -> Step:
+    """The step's figures from Locust's CSV (whole run and the redirect alone) and what was measured around it."""
     stats = read_stats(prefix)
     agg = stats.get("Aggregated", {})
     redirect = stats.get("/[code]", {})
     requests = int(_num(agg.get("Request Count", "0")))
     failures = int(_num(agg.get("Failure Count", "0")))
-    step = Step(
+    return Step(
         users=users,
         seconds=args.step_seconds,
         requests=requests,
@@ -194,18 +197,40 @@ def run_step(args: argparse.Namespace, users: int, out: Path, index: int, total:
         redirect_p50_ms=_num(redirect.get("50%", "0")),
         redirect_p95_ms=_num(redirect.get("95%", "0")),
         redirect_p99_ms=_num(redirect.get("99%", "0")),
+        load1_before=measured["load1_before"],
+        load1_after=measured["load1_after"],
+        host_mem_mib=int(measured["host_mem_mib"]),
+        locust_cpu_pct=round(100 * measured["locust_cpu"], 1),
+    )
+
+
+def run_step(args: argparse.Namespace, users: int, out: Path, index: int, total: int) -> Step:
+    prefix = out / f"step-{users:05d}"
+    ramp = max(1, min(args.ramp_seconds, args.step_seconds // 2))
+    spawn_rate = max(1.0, users / ramp)
+    load_before = labssh.loadavg1()
+    print(
+        f"[{index}/{total}] {users} users for {args.step_seconds}s (spawn {spawn_rate:g}/s, "
+        f"load average {load_before:.2f})",
+        flush=True,
+    )
+    returncode, mem_peak, locust_cpu = watch_locust(args, locust_command(args, users, prefix, spawn_rate), prefix, ramp)
+    step = step_from_stats(
+        args,
+        users,
+        prefix,
         load1_before=load_before,
-        load1_after=load_after,
+        load1_after=labssh.loadavg1(),
         host_mem_mib=mem_peak,
-        locust_cpu_pct=round(100 * locust_cpu, 1),
+        locust_cpu=locust_cpu,
     )
     print(
         f"    => {step.rps} req/s, p50 {step.p50_ms:g} / p95 {step.p95_ms:g} / p99 {step.p99_ms:g} ms, "
-        f"errors {step.error_pct}% ({failures}/{requests})",
+        f"errors {step.error_pct}% ({step.failures}/{step.requests})",
         flush=True,
     )
-    if proc.returncode not in (0, 1):  # 1: Locust saw failures, reported above
-        print(f"    locust exited {proc.returncode}: see {prefix}.out", flush=True)
+    if returncode not in (0, 1):  # 1: Locust saw failures, reported above
+        print(f"    locust exited {returncode}: see {prefix}.out", flush=True)
     return step
 
 
@@ -288,7 +313,7 @@ def charts(steps: list[Step], out: Path, img_dir: Path | None) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--target", default="http://10.213.0.10", help="base URL (default %(default)s)")
+    parser.add_argument("--target", default=DEFAULT_TARGET, help="base URL (default %(default)s)")
     parser.add_argument("--users", default="50,200,500,1000,2000,5000", help="comma-separated user counts")
     parser.add_argument("--step-seconds", type=int, default=60, help="length of each step, spawn included")
     parser.add_argument("--ramp-seconds", type=int, default=15, help="spawn all users within this time")
@@ -315,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
         args.img_dir = None
     host = urlparse(args.target).hostname
     if args.lab_host is None:
-        args.lab_host = host if host and host.startswith("10.213.0.") else None
+        args.lab_host = host if is_lab_address(host) else None
     users = [int(u) for u in args.users.split(",") if u.strip()]
     out = args.out or HERE / "results" / time.strftime("ladder-%Y%m%d-%H%M%S")
     out.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,6 @@
 """Steady traffic for a deploy: fixed-rate requests to a lab host, every failure counted.
 
-    python loadtests/steady.py --target http://10.213.0.121 --rate 40 --out run.json
+    python -m loadtests.steady --target http://10.213.0.121 --rate 40 --out run.json
     ... deploy meanwhile ..., then Ctrl-C (SIGINT) or SIGTERM: the summary is written
 
 Each of --connections threads keeps one keep-alive connection and sends at rate/connections
@@ -30,7 +30,7 @@ from collections import Counter
 from pathlib import Path
 from urllib.parse import urlparse
 
-import apikey
+from loadtests import apikey
 
 EXPECTED = {"redirect": 302, "create": 201, "read": 200}
 

@@ -1,6 +1,6 @@
 """Shared fixtures: a real PostgreSQL, PgBouncer (transaction mode) and Redis for every test.
 
-The stack is installed if missing and started once per session (tests/services.py). Each test
+The stack is installed if missing and started once per session (devstack/). Each test
 gets an empty database and an empty Redis. Apps talk to PostgreSQL through PgBouncer, as in
 production.
 """
@@ -19,21 +19,21 @@ import redis as redis_lib
 
 from app import create_app, keys
 from app.config import Settings
-from tests.services import Services
+from devstack import DevStack
 
 os.environ.setdefault("SHORTENER_LOG_LEVEL", "WARNING")
 
 
 @pytest.fixture(scope="session")
-def stack() -> Iterator[Services]:
-    services = Services()
+def stack() -> Iterator[DevStack]:
+    services = DevStack()
     services.start()
     yield services
     if os.environ.get("SHORTENER_TEST_KEEP_SERVICES") != "1":
         services.stop_started()
 
 
-def make_settings(stack: Services, **overrides: Any) -> Settings:
+def make_settings(stack: DevStack, **overrides: Any) -> Settings:
     values: dict[str, Any] = {
         "database_url": stack.database_url,
         "redis_url": stack.redis_url,
@@ -50,13 +50,13 @@ def make_settings(stack: Services, **overrides: Any) -> Settings:
 
 
 @pytest.fixture(scope="session")
-def _schema(stack: Services) -> None:
+def _schema(stack: DevStack) -> None:
     """Starts from an empty database once; the first app applies the migrations."""
     stack.reset_database()
     create_app(make_settings(stack)).extensions["shortener"].db.close()
 
 
-def truncate(stack: Services) -> None:
+def truncate(stack: DevStack) -> None:
     conn = psycopg2.connect(stack.direct_database_url)
     try:
         with conn, conn.cursor() as cur:
@@ -66,14 +66,14 @@ def truncate(stack: Services) -> None:
 
 
 @pytest.fixture
-def clean(stack: Services, _schema: None) -> Services:
+def clean(stack: DevStack, _schema: None) -> DevStack:
     truncate(stack)
     stack.flush_redis()
     return stack
 
 
 @pytest.fixture
-def app_factory(clean: Services) -> Iterator[Callable[..., Any]]:
+def app_factory(clean: DevStack) -> Iterator[Callable[..., Any]]:
     apps: list[Any] = []
 
     def factory(**overrides: Any) -> Any:
@@ -116,14 +116,14 @@ def contract_client(request: pytest.FixtureRequest, app_factory: Callable[..., A
 
 
 @pytest.fixture
-def redis(clean: Services) -> Iterator[redis_lib.Redis]:
+def redis(clean: DevStack) -> Iterator[redis_lib.Redis]:
     client = redis_lib.Redis.from_url(clean.redis_url, decode_responses=True)
     yield client
     client.close()
 
 
 @pytest.fixture
-def sql(clean: Services) -> Iterator[Callable[..., list[tuple[Any, ...]]]]:
+def sql(clean: DevStack) -> Iterator[Callable[..., list[tuple[Any, ...]]]]:
     """Runs a statement directly against PostgreSQL and returns the rows."""
     conn = psycopg2.connect(clean.direct_database_url)
     conn.autocommit = True

@@ -198,7 +198,7 @@ def run_gunicorn(
 ) -> Iterator[Process]:
     """A Gunicorn instance that answers /health with 200 inside the block.
 
-    ``env`` needs SHORTENER_DATABASE_URL and SHORTENER_REDIS_URL (``Services.env()``); it may
+    ``env`` needs SHORTENER_DATABASE_URL and SHORTENER_REDIS_URL (``DevStack.env()``); it may
     override any of ``gunicorn_env``'s defaults (2 workers, 4 threads, INFO logs).
     """
     instance = start_gunicorn(env, port or free_port(), log_dir=log_dir)

@@ -20,8 +20,8 @@ import pytest
 import redis as redis_lib
 import requests
 
+from devstack import DevStack
 from tests.http_helpers import Process, run_gunicorn, start_clickworker, wait_for, wait_metrics
-from tests.services import Services
 
 pytestmark = pytest.mark.slow
 
@@ -83,7 +83,7 @@ class Burst:
 
 
 @pytest.fixture(scope="module")
-def server(stack: Services, _schema: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Process]:
+def server(stack: DevStack, _schema: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Process]:
     log_dir = tmp_path_factory.mktemp("clickloss")
     env = {**stack.env(), "PROMETHEUS_MULTIPROC_DIR": str(log_dir / "metrics"), "SHORTENER_LOG_LEVEL": "WARNING"}
     with run_gunicorn(env, log_dir=log_dir) as gunicorn:
@@ -91,7 +91,7 @@ def server(stack: Services, _schema: None, tmp_path_factory: pytest.TempPathFact
 
 
 @pytest.fixture
-def own_server(clean: Services, tmp_path: Path) -> Iterator[Process]:
+def own_server(clean: DevStack, tmp_path: Path) -> Iterator[Process]:
     """An instance of its own, for tests that restart PgBouncer under it."""
     env = {**clean.env(), "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"), "SHORTENER_LOG_LEVEL": "WARNING"}
     with run_gunicorn(env, log_dir=tmp_path) as gunicorn:
@@ -99,14 +99,14 @@ def own_server(clean: Services, tmp_path: Path) -> Iterator[Process]:
 
 
 @pytest.fixture
-def rds(clean: Services) -> Iterator[redis_lib.Redis]:
+def rds(clean: DevStack) -> Iterator[redis_lib.Redis]:
     client = redis_lib.Redis.from_url(clean.redis_url, decode_responses=True)
     yield client
     client.close()
 
 
 @pytest.fixture
-def workers(clean: Services, tmp_path: Path) -> Iterator[Callable[..., Process]]:
+def workers(clean: DevStack, tmp_path: Path) -> Iterator[Callable[..., Process]]:
     """Starts click workers (small batches, quick claims); stops whatever is left at the end."""
     started: list[Process] = []
     env = {
@@ -138,7 +138,7 @@ def _links(server: Process) -> list[str]:
     return codes
 
 
-def _clicks(stack: Services) -> tuple[int, int, int]:
+def _clicks(stack: DevStack) -> tuple[int, int, int]:
     """(click events, distinct click ids, click events with a click id) in PostgreSQL."""
     conn = psycopg2.connect(stack.direct_database_url, connect_timeout=3)
     try:
@@ -153,7 +153,7 @@ def _clicks(stack: Services) -> tuple[int, int, int]:
     return int(row[0]), int(row[1]), int(row[2])
 
 
-def _clicks_per_link(stack: Services) -> Counter[str]:
+def _clicks_per_link(stack: DevStack) -> Counter[str]:
     conn = psycopg2.connect(stack.direct_database_url, connect_timeout=3)
     try:
         with conn.cursor() as cur:
@@ -185,7 +185,7 @@ def _warm(server: Process, codes: list[str]) -> int:
     return len(codes)
 
 
-def _assert_every_click_stored(stack: Services, burst: Burst, warmed: int, codes: list[str]) -> None:
+def _assert_every_click_stored(stack: DevStack, burst: Burst, warmed: int, codes: list[str]) -> None:
     served = burst.served_total + warmed
     total, distinct, with_id = _clicks(stack)
     assert total == served, f"{total} click events for {served} redirects served"
@@ -216,7 +216,7 @@ def _kill_mid_batch(worker: Process, rds: redis_lib.Redis, timeout: float = 10) 
 @pytest.mark.parametrize("restart_as", ["same-name", "another-name"])
 def test_no_click_is_lost_when_the_worker_is_killed_mid_burst(
     server: Process,
-    clean: Services,
+    clean: DevStack,
     rds: redis_lib.Redis,
     workers: Callable[..., Process],
     restart_as: str,
@@ -248,7 +248,7 @@ def test_no_click_is_lost_when_the_worker_is_killed_mid_burst(
 
 def test_listing_events_right_after_a_burst_sees_every_click(
     server: Process,
-    clean: Services,
+    clean: DevStack,
     rds: redis_lib.Redis,
     workers: Callable[..., Process],
 ) -> None:
@@ -287,7 +287,7 @@ def test_listing_events_right_after_a_burst_sees_every_click(
 @pytest.mark.parametrize("down", ["postgres", "pgbouncer"])
 def test_no_click_is_lost_when_postgresql_is_down_mid_burst(
     own_server: Process,
-    clean: Services,
+    clean: DevStack,
     rds: redis_lib.Redis,
     workers: Callable[..., Process],
     down: str,
@@ -332,7 +332,7 @@ def test_no_click_is_lost_when_postgresql_is_down_mid_burst(
         assert after.status_code == 201, after.text
 
 
-def test_the_api_answers_at_once_after_pgbouncer_restarts(own_server: Process, clean: Services) -> None:
+def test_the_api_answers_at_once_after_pgbouncer_restarts(own_server: Process, clean: DevStack) -> None:
     # Give both workers idle pooled connections.
     for n in range(20):
         made = requests.post(

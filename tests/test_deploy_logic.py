@@ -7,25 +7,11 @@ runs them against a real Prometheus and Nginx.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import math
-from pathlib import Path
-from types import ModuleType
 
-ANSIBLE = Path(__file__).resolve().parents[1] / "ansible"
-
-
-def load(path: Path) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-topology = load(ANSIBLE / "playbooks" / "filter_plugins" / "site_topology.py")
-upstream = load(ANSIBLE / "roles" / "nginx" / "filter_plugins" / "nginx_upstream.py")
-watch = load(ANSIBLE / "roles" / "shortener" / "files" / "canary_watch.py")
+import canary_watch as watch
+import nginx_upstream as upstream
+import site_topology as topology
 
 
 def test_instances_are_named_host_port_at_their_bind_address():

@@ -23,6 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from app import create_app
 from app.migrate import migration_files
+from devstack import DevStack
 from tests.conftest import make_settings
 from tests.http_helpers import (
     Process,
@@ -32,7 +33,6 @@ from tests.http_helpers import (
     wait_for,
     wait_healthy,
 )
-from tests.services import Services
 
 HEX_ID = re.compile(r"^[0-9a-f]{32}$")
 
@@ -55,7 +55,7 @@ def _problems_in_log(text: str) -> list[str]:
 # --- (a) three instances, one empty database --------------------------------------------------
 
 
-def test_three_instances_starting_at_once_migrate_an_empty_database_once(stack: Services, tmp_path: Path) -> None:
+def test_three_instances_starting_at_once_migrate_an_empty_database_once(stack: DevStack, tmp_path: Path) -> None:
     stack.reset_database()
     stack.flush_redis()
     ports = [free_port() for _ in range(3)]
@@ -125,7 +125,7 @@ def test_three_instances_starting_at_once_migrate_an_empty_database_once(stack: 
 
 
 @pytest.fixture(scope="module")
-def server(stack: Services, _schema: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Process]:
+def server(stack: DevStack, _schema: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Process]:
     log_dir = tmp_path_factory.mktemp("gunicorn")
     with run_gunicorn({**stack.env(), "PROMETHEUS_MULTIPROC_DIR": str(log_dir / "metrics")}, log_dir=log_dir) as gun:
         yield gun
@@ -157,7 +157,7 @@ def _worker_pids_with_counters(server: Process) -> set[int]:
     return pids - {server.pid}
 
 
-def test_metrics_sum_counters_over_all_workers(server: Process, clean: Services) -> None:
+def test_metrics_sum_counters_over_all_workers(server: Process, clean: DevStack) -> None:
     before = _requests_counted(server, "GET", "/users", "200")
     sent = 0
     # Parallel fresh connections until both workers have answered some: the sum must then add
@@ -198,7 +198,7 @@ def _records_with(server: Process, request_id: str) -> list[dict[str, Any]]:
     return [r for r in server.log_records() if r.get("request_id") == request_id]
 
 
-def test_request_id_is_echoed_or_made_and_logged_as_json(server: Process, clean: Services) -> None:
+def test_request_id_is_echoed_or_made_and_logged_as_json(server: Process, clean: DevStack) -> None:
     given = "test-request-0042"
     response = requests.get(f"{server.base_url}/users", headers={"X-Request-ID": given}, timeout=10)
     assert response.status_code == 200
@@ -243,7 +243,7 @@ def test_request_id_is_echoed_or_made_and_logged_as_json(server: Process, clean:
 # --- (d) SIGTERM -----------------------------------------------------------------------------
 
 
-def test_sigterm_lets_the_in_flight_request_finish(stack: Services, clean: Services, tmp_path: Path) -> None:
+def test_sigterm_lets_the_in_flight_request_finish(stack: DevStack, clean: DevStack, tmp_path: Path) -> None:
     instance = start_gunicorn(
         {**stack.env(), "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics")}, free_port(), log_dir=tmp_path
     )
@@ -308,7 +308,7 @@ def test_sigterm_lets_the_in_flight_request_finish(stack: Services, clean: Servi
     assert _problems_in_log(log) == [], log[-3000:]
 
 
-def test_starts_when_the_metrics_directory_does_not_exist_yet(stack: Services, _schema: None, tmp_path: Path) -> None:
+def test_starts_when_the_metrics_directory_does_not_exist_yet(stack: DevStack, _schema: None, tmp_path: Path) -> None:
     metrics_dir = tmp_path / "not" / "there" / "yet"
     instance = start_gunicorn(
         {**stack.env(), "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)},
@@ -328,7 +328,7 @@ def test_starts_when_the_metrics_directory_does_not_exist_yet(stack: Services, _
 
 
 def test_keys_profile_under_gunicorn_limits_across_workers_and_keeps_keys_out_of_logs(
-    stack: Services, clean: Services, tmp_path: Path
+    stack: DevStack, clean: DevStack, tmp_path: Path
 ) -> None:
     from app import keys
 

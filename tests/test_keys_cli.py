@@ -12,12 +12,12 @@ from typing import Any
 import pytest
 
 from app import keys
-from tests.services import Services
+from devstack import DevStack
 
 pytestmark = pytest.mark.usefixtures("clean")
 
 
-def run_cli(stack: Services, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+def run_cli(stack: DevStack, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
     env = {**os.environ, **stack.env(), "SHORTENER_LOG_LEVEL": "WARNING"}
     return subprocess.run(
         [sys.executable, "-m", "app.keys", *args],
@@ -39,7 +39,7 @@ def test_generated_keys_match_the_fixed_format() -> None:
     assert not keys.is_well_formed("shk_" + "a" * 40 + "\n")
 
 
-def test_ensure_admin_creates_then_is_unchanged(clean: Services, sql: Callable[..., list[tuple[Any, ...]]]) -> None:
+def test_ensure_admin_creates_then_is_unchanged(clean: DevStack, sql: Callable[..., list[tuple[Any, ...]]]) -> None:
     key = keys.generate()
     first = run_cli(clean, "ensure-admin", "--name", "deploy", stdin=key + "\n")
     assert (first.returncode, first.stdout.strip()) == (0, "created"), first.stderr
@@ -51,7 +51,7 @@ def test_ensure_admin_creates_then_is_unchanged(clean: Services, sql: Callable[.
     assert key not in repr(sql("SELECT * FROM api_keys"))
 
 
-def test_ensure_admin_rejects_a_malformed_key_without_echoing_it(clean: Services) -> None:
+def test_ensure_admin_rejects_a_malformed_key_without_echoing_it(clean: DevStack) -> None:
     bad = "shk_" + "x" * 39 + "!"
     result = run_cli(clean, "ensure-admin", "--name", "deploy", stdin=bad)
     assert result.returncode == 2
@@ -59,7 +59,7 @@ def test_ensure_admin_rejects_a_malformed_key_without_echoing_it(clean: Services
     assert bad not in result.stderr + result.stdout
 
 
-def test_ensure_admin_refuses_a_revoked_key(clean: Services) -> None:
+def test_ensure_admin_refuses_a_revoked_key(clean: DevStack) -> None:
     key = keys.generate()
     assert run_cli(clean, "ensure-admin", "--name", "deploy", stdin=key).returncode == 0
     revoked = run_cli(clean, "revoke", key[:12])
@@ -69,7 +69,7 @@ def test_ensure_admin_refuses_a_revoked_key(clean: Services) -> None:
     assert "revoked" in again.stderr
 
 
-def test_create_list_revoke(clean: Services, sql: Callable[..., list[tuple[Any, ...]]]) -> None:
+def test_create_list_revoke(clean: DevStack, sql: Callable[..., list[tuple[Any, ...]]]) -> None:
     sql("INSERT INTO users (username, email) VALUES ('ann', 'ann@example.com')")
     admin = run_cli(clean, "create", "--admin", "--name", "ops")
     assert admin.returncode == 0, admin.stderr

@@ -25,6 +25,8 @@ def test_redirect_is_302_to_the_original_url_and_records_a_click(client, make_us
         "short_code": url["short_code"],
         "referrer": "https://ref.example/",
         "user_agent": "pytest-agent",
+        # The click carries the redirect's request id: its log lines and its event meet.
+        "request_id": response.headers["X-Request-ID"],
     }
 
 

@@ -67,8 +67,9 @@ def test_alert_has_severity_summary_and_runbook(rule):
 
 
 def test_every_runbook_belongs_to_an_alert():
+    # Lower-case names are procedures that no alert starts (restore.md: the restore drill's).
     names = {rule["alert"] for rule in ALERTS}
-    orphans = [path.name for path in RUNBOOKS.glob("*.md") if path.stem not in names]
+    orphans = [path.name for path in RUNBOOKS.glob("*.md") if path.stem not in names and not path.stem.islower()]
     assert orphans == []
 
 

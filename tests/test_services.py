@@ -15,24 +15,24 @@ import psycopg2
 import pytest
 import redis
 
-from tests.services import (
+from devstack import (
     APP_DATABASE,
     APP_USER,
     BASE_DIR_ENV,
     PG_PORT_ENV,
     PGBOUNCER_PORT_ENV,
     REDIS_PORT_ENV,
-    Services,
+    DevStack,
     ensure_packages,
-    main,
 )
+from devstack.cli import main
 
 pytestmark = pytest.mark.services
 
 
-def _selftest_services() -> Services:
-    shared = Services()
-    return Services(
+def _selftest_services() -> DevStack:
+    shared = DevStack()
+    return DevStack(
         shared.base_dir / "selftest",
         pg_port=shared.pg_port + 1,
         pgbouncer_port=shared.pgbouncer_port + 1,
@@ -41,7 +41,7 @@ def _selftest_services() -> Services:
 
 
 @pytest.fixture(scope="module")
-def harness() -> Iterator[Services]:
+def harness() -> Iterator[DevStack]:
     ensure_packages()
     services = _selftest_services().start()
     yield services
@@ -60,7 +60,7 @@ def _query(url: str, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, 
         conn.close()
 
 
-def _pgbouncer_admin(services: Services, command: str) -> list[dict[str, Any]]:
+def _pgbouncer_admin(services: DevStack, command: str) -> list[dict[str, Any]]:
     # The admin console speaks only the simple protocol and knows no BEGIN.
     conn = psycopg2.connect(services.pgbouncer_admin_url, connect_timeout=3)
     try:
@@ -73,7 +73,7 @@ def _pgbouncer_admin(services: Services, command: str) -> list[dict[str, Any]]:
         conn.close()
 
 
-def test_query_through_pgbouncer(harness: Services) -> None:
+def test_query_through_pgbouncer(harness: DevStack) -> None:
     assert f":{harness.pgbouncer_port}/" in harness.database_url
     rows = _query(
         harness.database_url,
@@ -86,7 +86,7 @@ def test_query_through_pgbouncer(harness: Services) -> None:
     assert version.startswith("PostgreSQL")
 
 
-def test_direct_and_admin_urls(harness: Services) -> None:
+def test_direct_and_admin_urls(harness: DevStack) -> None:
     assert _query(harness.direct_database_url, "SELECT current_user, inet_server_port()") == [
         (APP_USER, harness.pg_port)
     ]
@@ -95,7 +95,7 @@ def test_direct_and_admin_urls(harness: Services) -> None:
     assert _query(harness.admin_database_url, "SELECT current_database()") == [(APP_DATABASE,)]
 
 
-def test_fast_test_settings(harness: Services) -> None:
+def test_fast_test_settings(harness: DevStack) -> None:
     for name, expected in [
         ("fsync", "off"),
         ("synchronous_commit", "off"),
@@ -106,7 +106,7 @@ def test_fast_test_settings(harness: Services) -> None:
         assert _query(harness.admin_database_url, f"SHOW {name}") == [(expected,)], name
 
 
-def test_app_role_can_create_tables(harness: Services) -> None:
+def test_app_role_can_create_tables(harness: DevStack) -> None:
     conn = psycopg2.connect(harness.database_url, connect_timeout=3)
     try:
         with conn, conn.cursor() as cur:
@@ -119,13 +119,13 @@ def test_app_role_can_create_tables(harness: Services) -> None:
 
 
 @pytest.mark.parametrize("which", ["database_url", "direct_database_url"])
-def test_postgres_rejects_wrong_password(harness: Services, which: str) -> None:
+def test_postgres_rejects_wrong_password(harness: DevStack, which: str) -> None:
     url = getattr(harness, which).replace(harness.passwords[APP_USER], "wrong-password")
     with pytest.raises(psycopg2.OperationalError, match="authentication failed"):
         psycopg2.connect(url, connect_timeout=3)
 
 
-def test_pgbouncer_is_in_transaction_mode(harness: Services) -> None:
+def test_pgbouncer_is_in_transaction_mode(harness: DevStack) -> None:
     config = {row["key"]: row["value"] for row in _pgbouncer_admin(harness, "SHOW CONFIG")}
     assert config["pool_mode"] == "transaction"
     assert config["auth_type"] == "scram-sha-256"
@@ -141,7 +141,7 @@ def test_pgbouncer_is_in_transaction_mode(harness: Services) -> None:
 
 
 def test_pgbouncer_hands_server_connections_back_after_each_transaction(
-    harness: Services,
+    harness: DevStack,
 ) -> None:
     # In transaction mode a client between transactions holds no server
     # connection: many idle clients need no more than a handful of servers.
@@ -161,7 +161,7 @@ def test_pgbouncer_hands_server_connections_back_after_each_transaction(
             conn.close()
 
 
-def test_redis_requires_the_password(harness: Services) -> None:
+def test_redis_requires_the_password(harness: DevStack) -> None:
     # retry=None: redis-py 8 retries an AuthenticationError for ~4 s by default.
     anonymous = redis.Redis(host=harness.host, port=harness.redis_port, socket_timeout=3, retry=None)
     with pytest.raises(redis.exceptions.AuthenticationError):
@@ -187,7 +187,7 @@ def test_redis_requires_the_password(harness: Services) -> None:
         client.close()
 
 
-def test_flush_redis(harness: Services) -> None:
+def test_flush_redis(harness: DevStack) -> None:
     client = redis.Redis.from_url(harness.redis_url, socket_timeout=3)
     try:
         client.set("harness:key", "1")
@@ -197,7 +197,7 @@ def test_flush_redis(harness: Services) -> None:
         client.close()
 
 
-def test_env(harness: Services) -> None:
+def test_env(harness: DevStack) -> None:
     assert harness.env() == {
         "SHORTENER_DATABASE_URL": harness.database_url,
         "SHORTENER_REDIS_URL": harness.redis_url,
@@ -205,7 +205,7 @@ def test_env(harness: Services) -> None:
     }
 
 
-def test_start_is_idempotent_and_reuses_running_servers(harness: Services) -> None:
+def test_start_is_idempotent_and_reuses_running_servers(harness: DevStack) -> None:
     before = {name: info["pid"] for name, info in harness.status().items()}
     assert all(before.values()), before
     again = _selftest_services()
@@ -218,7 +218,7 @@ def test_start_is_idempotent_and_reuses_running_servers(harness: Services) -> No
     assert elapsed < 5, f"warm start took {elapsed:.2f}s"
 
 
-def test_reset_database_drops_everything_quickly(harness: Services) -> None:
+def test_reset_database_drops_everything_quickly(harness: DevStack) -> None:
     conn = psycopg2.connect(harness.database_url, connect_timeout=3)
     try:
         with conn, conn.cursor() as cur:
@@ -251,7 +251,7 @@ def test_reset_database_drops_everything_quickly(harness: Services) -> None:
     assert elapsed < 2, f"reset_database took {elapsed:.3f}s"
 
 
-def test_reset_database_gets_past_a_client_holding_a_lock(harness: Services) -> None:
+def test_reset_database_gets_past_a_client_holding_a_lock(harness: DevStack) -> None:
     _query(harness.database_url, "CREATE TABLE locked (id int); SELECT 1")
     holder = psycopg2.connect(harness.direct_database_url, connect_timeout=3)
     try:
@@ -263,7 +263,7 @@ def test_reset_database_gets_past_a_client_holding_a_lock(harness: Services) -> 
         holder.close()
 
 
-def test_stop_and_start_redis(harness: Services) -> None:
+def test_stop_and_start_redis(harness: DevStack) -> None:
     client = redis.Redis.from_url(harness.redis_url, socket_timeout=1, socket_connect_timeout=1)
     try:
         assert client.ping()
@@ -278,7 +278,7 @@ def test_stop_and_start_redis(harness: Services) -> None:
         harness.start_redis()
 
 
-def test_stop_and_start_postgres(harness: Services) -> None:
+def test_stop_and_start_postgres(harness: DevStack) -> None:
     try:
         harness.stop_postgres()
         assert harness.postgres_pid() is None
@@ -294,7 +294,7 @@ def test_stop_and_start_postgres(harness: Services) -> None:
         harness.start_postgres()
 
 
-def test_postgres_comes_back_after_a_crash(harness: Services) -> None:
+def test_postgres_comes_back_after_a_crash(harness: DevStack) -> None:
     try:
         harness.stop_postgres(mode="immediate")
         assert harness.postgres_pid() is None
@@ -304,7 +304,7 @@ def test_postgres_comes_back_after_a_crash(harness: Services) -> None:
         harness.start_postgres()
 
 
-def test_stop_and_start_pgbouncer(harness: Services) -> None:
+def test_stop_and_start_pgbouncer(harness: DevStack) -> None:
     try:
         harness.stop_pgbouncer()
         assert harness.pgbouncer_pid() is None
@@ -318,7 +318,7 @@ def test_stop_and_start_pgbouncer(harness: Services) -> None:
 
 
 def test_cli_env_and_status(
-    harness: Services, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    harness: DevStack, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv(BASE_DIR_ENV, str(harness.base_dir))
     monkeypatch.setenv(PG_PORT_ENV, str(harness.pg_port))

@@ -61,12 +61,26 @@ def test_cached_link_round_trip(link):
 
 def test_click_fields_round_trip_into_a_row():
     click = clicks.new_click("https://ref", "agent")
-    assert len(click["c"]) == 24
-    row = clicks.row_from_fields(dict(click, u="5", o="", s="abc"))
-    assert row["url_id"] == 5 and row["user_id"] is None and row["click_id"] == click["c"]
+    assert len(click.click_id) == 24
+    row = clicks.row_from_fields(click.fields(5, None, "abc"))
+    assert row["url_id"] == 5 and row["user_id"] is None and row["click_id"] == click.click_id
     assert row["details"] == {"short_code": "abc", "referrer": "https://ref", "user_agent": "agent"}
-    empty = clicks.row_from_fields(dict(clicks.new_click(None, None), u="1", o="2", s="x"))
+    empty = clicks.row_from_fields(clicks.new_click(None, None, "req-1").fields(1, 2, "x"))
     assert empty["details"]["referrer"] is None and empty["user_id"] == 2
+    assert empty["details"]["request_id"] == "req-1"
+
+
+def test_a_click_id_from_the_edge_is_kept_only_when_it_is_one():
+    assert clicks.new_click(None, None, click_id="0123456789abcdef01234567").click_id == "0123456789abcdef01234567"
+    for forged in ("x" * 24, "0123", "0123456789ABCDEF01234567", ""):
+        assert clicks.new_click(None, None, click_id=forged).click_id != forged
+
+
+def test_the_stream_holds_headers_as_the_edge_sent_them_and_rows_clip_them():
+    fields = clicks.new_click(None, None).fields(1, None, "x")
+    fields[clicks.F_USER_AGENT] = "a\x00b\x07" + "é" * 600
+    agent = clicks.row_from_fields(fields)["details"]["user_agent"]
+    assert agent == "ab" + "é" * (clicks.MAX_HEADER_CHARS - 2)
 
 
 @pytest.mark.parametrize(

@@ -6,12 +6,11 @@ import contextlib
 import logging
 import re
 
-from flask import Blueprint, Response, request
+from flask import Blueprint, Response, g, request
 
 from app import clicks, metrics, sql
 from app.cache import NEGATIVE, TOMBSTONE, CachedLink, Unavailable
 from app.errors import ApiError
-from app.fastpath import CACHED_KEY
 from app.services import services
 
 log = logging.getLogger(__name__)
@@ -36,15 +35,18 @@ def follow(short_code: str) -> Response:
     cache = svc.cache
     # HEAD (link previews, monitors) answers like GET but is not a click.
     counted = request.method == "GET"
-    click = clicks.new_click(request.referrer, request.user_agent.string) if counted else None
+    click = None
+    if counted:
+        click = clicks.new_click(
+            request.referrer,
+            request.user_agent.string,
+            g.get("request_id", ""),
+            request.headers.get(clicks.CLICK_ID_HEADER),
+        )
 
     cached: str | None = None
     cache_up = False
-    if counted and CACHED_KEY in request.environ:
-        # app/fastpath.py already asked Redis (a miss, negative or tombstoned entry).
-        cached = request.environ[CACHED_KEY]
-        cache_up = True
-    elif cache.enabled:
+    if cache.enabled:
         try:
             cached = cache.lookup_and_click(short_code, click) if click is not None else cache.peek(short_code)
             cache_up = True
@@ -75,10 +77,10 @@ def follow(short_code: str) -> Response:
     return _redirect(link)
 
 
-def _record(click: dict[str, str], link: CachedLink, code: str) -> None:
+def _record(click: clicks.Click, link: CachedLink, code: str) -> None:
     """A click missed by the cache script: queue it, or write it at once if Redis is out."""
     svc = services()
-    fields = dict(click, u=str(link.url_id), o="" if link.user_id is None else str(link.user_id), s=code)
+    fields = click.fields(link.url_id, link.user_id, code)
     if svc.cache.enabled:
         try:
             svc.cache.call(lambda r: r.xadd(svc.cache.stream, fields))

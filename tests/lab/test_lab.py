@@ -1,20 +1,13 @@
-"""Unit tests for the pure parts of lab/lab.py: no root, no hosts, no network."""
+"""Unit tests for the pure parts of the lab tool (lab/): no root, no hosts, no network."""
 
 from __future__ import annotations
 
-import importlib.util
 import ipaddress
-import sys
 from pathlib import Path
 
 import pytest
 
-LAB_PY = Path(__file__).resolve().parents[2] / "lab" / "lab.py"
-_spec = importlib.util.spec_from_file_location("shortener_lab", LAB_PY)
-assert _spec and _spec.loader
-lab = importlib.util.module_from_spec(_spec)
-sys.modules["shortener_lab"] = lab
-_spec.loader.exec_module(lab)
+from lab import cli, defaults, network, render, specs, supervisor
 
 NET = ipaddress.IPv4Network("10.213.0.0/24")
 
@@ -23,24 +16,24 @@ NET = ipaddress.IPv4Network("10.213.0.0/24")
 
 
 def test_default_subnet_gateway_is_first_address() -> None:
-    net = lab.parse_subnet(lab.DEFAULT_SUBNET)
+    net = specs.parse_subnet(defaults.DEFAULT_SUBNET)
     assert net == NET
-    assert str(lab.gateway_of(net)) == "10.213.0.1"
+    assert str(specs.gateway_of(net)) == "10.213.0.1"
 
 
 @pytest.mark.parametrize("text", ["10.213.0.1/24", "10.213.0.0/30", "nonsense", "10.213.0.0/33"])
 def test_bad_subnets_are_refused(text: str) -> None:
-    with pytest.raises(lab.LabError):
-        lab.parse_subnet(text)
+    with pytest.raises(defaults.LabError):
+        specs.parse_subnet(text)
 
 
 def test_other_subnet_moves_gateway() -> None:
-    net = lab.parse_subnet("192.168.77.0/26")
-    assert str(lab.gateway_of(net)) == "192.168.77.1"
+    net = specs.parse_subnet("192.168.77.0/26")
+    assert str(specs.gateway_of(net)) == "192.168.77.1"
 
 
 def test_host_spec_parses() -> None:
-    spec = lab.parse_host_spec("lab-aio=10.213.0.10", NET)
+    spec = specs.parse_host_spec("lab-aio=10.213.0.10", NET)
     assert spec.name == "lab-aio"
     assert spec.ip == ipaddress.IPv4Address("10.213.0.10")
 
@@ -64,27 +57,27 @@ def test_host_spec_parses() -> None:
     ],
 )
 def test_bad_host_specs_are_refused(text: str) -> None:
-    with pytest.raises(lab.LabError):
-        lab.parse_host_spec(text, NET)
+    with pytest.raises(defaults.LabError):
+        specs.parse_host_spec(text, NET)
 
 
 def test_duplicate_names_and_addresses_are_refused() -> None:
-    with pytest.raises(lab.LabError, match="duplicate name"):
-        lab.parse_host_specs(["a1=10.213.0.10", "a1=10.213.0.11"], NET)
-    with pytest.raises(lab.LabError, match="duplicate address"):
-        lab.parse_host_specs(["a1=10.213.0.10", "a2=10.213.0.10"], NET)
+    with pytest.raises(defaults.LabError, match="duplicate name"):
+        specs.parse_host_specs(["a1=10.213.0.10", "a1=10.213.0.11"], NET)
+    with pytest.raises(defaults.LabError, match="duplicate address"):
+        specs.parse_host_specs(["a1=10.213.0.10", "a2=10.213.0.10"], NET)
 
 
 def test_cluster_specs_parse_in_order() -> None:
-    specs = lab.parse_host_specs(["mol-lb=10.213.0.40", "mol-app1=10.213.0.41", "mol-app2=10.213.0.42"], NET)
-    assert [s.name for s in specs] == ["mol-lb", "mol-app1", "mol-app2"]
+    parsed = specs.parse_host_specs(["mol-lb=10.213.0.40", "mol-app1=10.213.0.41", "mol-app2=10.213.0.42"], NET)
+    assert [s.name for s in parsed] == ["mol-lb", "mol-app1", "mol-app2"]
 
 
 # ---- files written into a host ---------------------------------------------
 
 
 def test_network_file_has_static_address_and_gateway() -> None:
-    text = lab.render_network_file(ipaddress.IPv4Address("10.213.0.30"), NET)
+    text = render.render_network_file(ipaddress.IPv4Address("10.213.0.30"), NET)
     assert "[Match]\nName=host0\n" in text
     assert "Address=10.213.0.30/24\n" in text
     assert "Gateway=10.213.0.1\n" in text
@@ -93,13 +86,13 @@ def test_network_file_has_static_address_and_gateway() -> None:
 
 def test_network_file_follows_the_subnet() -> None:
     net = ipaddress.IPv4Network("172.30.8.0/22")
-    text = lab.render_network_file(ipaddress.IPv4Address("172.30.9.7"), net)
+    text = render.render_network_file(ipaddress.IPv4Address("172.30.9.7"), net)
     assert "Address=172.30.9.7/22\n" in text
     assert "Gateway=172.30.8.1\n" in text
 
 
 def test_hosts_file_names_the_host() -> None:
-    text = lab.render_hosts_file("mol-db", ipaddress.IPv4Address("10.213.0.43"))
+    text = render.render_hosts_file("mol-db", ipaddress.IPv4Address("10.213.0.43"))
     assert "10.213.0.43\tmol-db\n" in text
     assert text.startswith("127.0.0.1\tlocalhost\n")
 
@@ -109,17 +102,17 @@ def test_nameservers_skip_loopback_and_ipv6() -> None:
         "# comment\nnameserver 127.0.0.53\nnameserver 10.255.255.53\n"
         "nameserver fd00::1\nnameserver 10.255.255.53\nnameserver bogus\nsearch example\n"
     )
-    assert lab.nameservers_from_resolv_conf(conf) == ["10.255.255.53"]
-    assert lab.nameservers_from_resolv_conf("nameserver 127.0.0.1\n") == []
+    assert render.nameservers_from_resolv_conf(conf) == ["10.255.255.53"]
+    assert render.nameservers_from_resolv_conf("nameserver 127.0.0.1\n") == []
 
 
 def test_resolv_conf_lists_nameservers() -> None:
-    text = lab.render_resolv_conf(["10.0.0.2", "10.0.0.3"])
+    text = render.render_resolv_conf(["10.0.0.2", "10.0.0.3"])
     assert text.splitlines()[1:] == ["nameserver 10.0.0.2", "nameserver 10.0.0.3"]
 
 
 def test_sources_list_uses_the_given_mirrors() -> None:
-    text = lab.render_sources_list("http://mirror.invalid/debian", "http://mirror.invalid/sec")
+    text = render.render_sources_list("http://mirror.invalid/debian", "http://mirror.invalid/sec")
     assert text.splitlines() == [
         "deb http://mirror.invalid/debian bookworm main",
         "deb http://mirror.invalid/debian bookworm-updates main",
@@ -131,7 +124,7 @@ def test_sources_list_uses_the_given_mirrors() -> None:
 
 
 def test_inventory_lists_hosts_and_connection_vars() -> None:
-    text = lab.render_inventory([("lab-aio", "10.213.0.10")], "/var/lib/shortener-lab/id_ed25519")
+    text = render.render_inventory([("lab-aio", "10.213.0.10")], "/var/lib/shortener-lab/id_ed25519")
     lines = text.splitlines()
     assert lines[1:3] == ["[lab]", "lab-aio ansible_host=10.213.0.10"]
     assert "ansible_user=root" in lines
@@ -141,19 +134,19 @@ def test_inventory_lists_hosts_and_connection_vars() -> None:
 
 def test_inventory_groups() -> None:
     hosts = [("lab-lb", "10.213.0.20"), ("lab-app1", "10.213.0.21"), ("lab-app2", "10.213.0.22")]
-    text = lab.render_inventory(hosts, "/k", [("lb", ["lab-lb"]), ("app", ["lab-app1", "lab-app2"])])
+    text = render.render_inventory(hosts, "/k", [("lb", ["lab-lb"]), ("app", ["lab-app1", "lab-app2"])])
     assert "\n[lb]\nlab-lb\n" in text
     assert "\n[app]\nlab-app1\nlab-app2\n" in text
 
 
 def test_inventory_group_with_unknown_host_is_refused() -> None:
-    with pytest.raises(lab.LabError, match="lab-db"):
-        lab.render_inventory([("lab-lb", "10.213.0.20")], "/k", [("db", ["lab-db"])])
+    with pytest.raises(defaults.LabError, match="lab-db"):
+        render.render_inventory([("lab-lb", "10.213.0.20")], "/k", [("db", ["lab-db"])])
 
 
 def test_inventory_is_valid_for_ansible_ini_parser() -> None:
     configparser = pytest.importorskip("configparser")
-    text = lab.render_inventory([("h1", "10.213.0.50")], "/k", [("app", ["h1"])])
+    text = render.render_inventory([("h1", "10.213.0.50")], "/k", [("app", ["h1"])])
     parser = configparser.ConfigParser(allow_no_value=True, delimiters=("=",))
     parser.read_string(text)
     assert parser.sections() == ["lab", "app", "lab:vars"]
@@ -164,20 +157,20 @@ def test_inventory_is_valid_for_ansible_ini_parser() -> None:
     [("app=a1,a2", ("app", ["a1", "a2"])), ("db=db1", ("db", ["db1"]))],
 )
 def test_group_spec(text: str, expected: tuple[str, list[str]]) -> None:
-    assert lab.parse_group_spec(text) == expected
+    assert specs.parse_group_spec(text) == expected
 
 
 @pytest.mark.parametrize("text", ["app", "app=", "a-b=x1", "=x1"])
 def test_bad_group_spec(text: str) -> None:
-    with pytest.raises(lab.LabError):
-        lab.parse_group_spec(text)
+    with pytest.raises(defaults.LabError):
+        specs.parse_group_spec(text)
 
 
 # ---- commands it runs ---------------------------------------------------------
 
 
 def test_nspawn_command_has_the_pitfall_flags() -> None:
-    cmd = lab.nspawn_command("mol-aio", Path("/var/lib/machines/mol-aio"), "shlab0")
+    cmd = supervisor.nspawn_command("mol-aio", Path("/var/lib/machines/mol-aio"), "shlab0")
     assert cmd[0] == "systemd-nspawn"
     for flag in (
         "--boot",
@@ -188,37 +181,67 @@ def test_nspawn_command_has_the_pitfall_flags() -> None:
         "--directory=/var/lib/machines/mol-aio",
     ):
         assert flag in cmd
-    assert lab.cmdline_matches_nspawn(cmd, "mol-aio")
-    assert not lab.cmdline_matches_nspawn(cmd, "mol-ai")
+    assert supervisor.cmdline_matches_nspawn(cmd, "mol-aio")
+    assert not supervisor.cmdline_matches_nspawn(cmd, "mol-ai")
 
 
 def test_supervisor_match_is_exact() -> None:
     argv = ["/usr/bin/python3", "/w/lab/lab.py", "_supervise", "--bridge", "shlab0", "mol-app1"]
-    assert lab.cmdline_matches_supervisor(argv, "mol-app1")
-    assert not lab.cmdline_matches_supervisor(argv, "mol-app")
-    assert not lab.cmdline_matches_supervisor(["/usr/bin/vim", "mol-app1"], "mol-app1")
+    assert supervisor.cmdline_matches_supervisor(argv, "mol-app1")
+    assert not supervisor.cmdline_matches_supervisor(argv, "mol-app")
+    assert not supervisor.cmdline_matches_supervisor(["/usr/bin/vim", "mol-app1"], "mol-app1")
+
+
+def test_supervisor_started_through_the_entry_point_runs_as_the_package() -> None:
+    # lab/lab.py execs `python3 -m lab ...`: that is the supervisor's command line now.
+    argv = ["/usr/bin/python3", "-m", "lab", "_supervise", "--bridge", "shlab0", "mol-app1"]
+    assert supervisor.cmdline_matches_supervisor(argv, "mol-app1")
+    assert not supervisor.cmdline_matches_supervisor(
+        ["/usr/bin/python3", "-m", "other", "_supervise", "mol-app1"], "mol-app1"
+    )
+    assert supervisor.ENTRY_POINT.name == "lab.py" and supervisor.ENTRY_POINT.exists()
+
+
+def test_the_entry_point_runs_the_tool_from_any_folder(tmp_path: Path) -> None:
+    """lab/lab.py as the docs call it, from another folder: a relative --state-dir stays the caller's."""
+    import subprocess
+    import sys
+
+    state = tmp_path / "state"
+    state.mkdir()
+    proc = subprocess.run(
+        [sys.executable, str(supervisor.ENTRY_POINT), "list", "--state-dir", "state"],
+        cwd=tmp_path, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["NAME", "IP", "STATE"]
+    proc = subprocess.run(
+        [sys.executable, str(supervisor.ENTRY_POINT), "inventory", "--state-dir=nowhere"],
+        cwd=tmp_path, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0 and "[lab]" in proc.stdout, proc.stderr
 
 
 def test_nat_rules_and_iptables_args() -> None:
-    rules = lab.nat_rules(NET, "shlab0")
-    masq = lab.iptables_args("-C", rules[0])
+    rules = network.nat_rules(NET, "shlab0")
+    masq = network.iptables_args("-C", rules[0])
     assert masq[:6] == ["iptables", "-w", "-t", "nat", "-C", "POSTROUTING"]
     assert masq[6:11] == ["-s", "10.213.0.0/24", "!", "-o", "shlab0"]
     assert masq[-2:] == ["-j", "MASQUERADE"]
-    assert all(lab.RULE_COMMENT in r for r in rules)
-    assert lab.iptables_args("-D", rules[1])[4:6] == ["-D", "FORWARD"]
+    assert all(defaults.RULE_COMMENT in r for r in rules)
+    assert network.iptables_args("-D", rules[1])[4:6] == ["-D", "FORWARD"]
 
 
 # ---- argument parsing -----------------------------------------------------------
 
 
 def test_parser_up_with_options() -> None:
-    args = lab.build_parser().parse_args(
+    args = cli.build_parser().parse_args(
         ["up", "--subnet", "10.9.0.0/24", "--mirror", "http://m.invalid/d", "a1=10.9.0.5", "a2=10.9.0.6"]
     )
     assert args.command == "up"
     assert args.hosts == ["a1=10.9.0.5", "a2=10.9.0.6"]
-    built = lab.lab_from_args(args, env={})
+    built = cli.lab_from_args(args, env={})
     assert built.subnet == ipaddress.IPv4Network("10.9.0.0/24")
     assert built.mirror == "http://m.invalid/d"
     assert built.bridge == "shlab0"
@@ -231,22 +254,22 @@ def test_env_overrides_defaults_and_flags_override_env() -> None:
         "SHORTENER_LAB_MIRROR": "http://env.invalid/debian",
         "SHORTENER_LAB_STATE_DIR": "/tmp/labstate",
     }
-    built = lab.lab_from_args(lab.build_parser().parse_args(["list"]), env=env)
+    built = cli.lab_from_args(cli.build_parser().parse_args(["list"]), env=env)
     assert built.subnet == ipaddress.IPv4Network("10.77.0.0/24")
     assert built.mirror == "http://env.invalid/debian"
     assert built.state_dir == Path("/tmp/labstate")
-    args = lab.build_parser().parse_args(["list", "--subnet", "10.88.0.0/24"])
-    assert lab.lab_from_args(args, env=env).subnet == ipaddress.IPv4Network("10.88.0.0/24")
+    args = cli.build_parser().parse_args(["list", "--subnet", "10.88.0.0/24"])
+    assert cli.lab_from_args(args, env=env).subnet == ipaddress.IPv4Network("10.88.0.0/24")
 
 
 def test_default_mirror_when_nothing_given() -> None:
-    built = lab.lab_from_args(lab.build_parser().parse_args(["up", "a1=10.213.0.50"]), env={})
-    assert built.mirror == lab.DEFAULT_MIRROR
-    assert built.security_mirror == lab.DEFAULT_SECURITY_MIRROR
+    built = cli.lab_from_args(cli.build_parser().parse_args(["up", "a1=10.213.0.50"]), env={})
+    assert built.mirror == defaults.DEFAULT_MIRROR
+    assert built.security_mirror == defaults.DEFAULT_SECURITY_MIRROR
 
 
 def test_subnet_falls_back_to_network_state_then_default(tmp_path: Path) -> None:
-    built = lab.lab_from_args(lab.build_parser().parse_args(["list", "--state-dir", str(tmp_path)]), env={})
+    built = cli.lab_from_args(cli.build_parser().parse_args(["list", "--state-dir", str(tmp_path)]), env={})
     assert built.subnet == NET
     (tmp_path / "network.json").write_text('{"subnet": "10.66.0.0/24", "bridge": "shlab0"}')
     assert built.subnet == ipaddress.IPv4Network("10.66.0.0/24")
@@ -267,20 +290,20 @@ def test_subnet_falls_back_to_network_state_then_default(tmp_path: Path) -> None
     ],
 )
 def test_parser_commands(argv: list[str], attr: str, value: object) -> None:
-    assert getattr(lab.build_parser().parse_args(argv), attr) == value
+    assert getattr(cli.build_parser().parse_args(argv), attr) == value
 
 
 def test_parser_requires_a_command_and_hosts_for_up() -> None:
     with pytest.raises(SystemExit):
-        lab.build_parser().parse_args([])
+        cli.build_parser().parse_args([])
     with pytest.raises(SystemExit):
-        lab.build_parser().parse_args(["up"])
+        cli.build_parser().parse_args(["up"])
 
 
 def test_list_and_inventory_work_without_root_on_an_empty_lab(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert lab.main(["list", "--state-dir", str(tmp_path)]) == 0
+    assert cli.main(["list", "--state-dir", str(tmp_path)]) == 0
     assert capsys.readouterr().out.startswith("NAME")
-    assert lab.main(["inventory", "--state-dir", str(tmp_path)]) == 0
+    assert cli.main(["inventory", "--state-dir", str(tmp_path)]) == 0
     assert "[lab]" in capsys.readouterr().out

@@ -7,19 +7,18 @@ from the machine running Molecule to the load balancer's address on the lab brid
 
 from __future__ import annotations
 
-import os
-import socket
-import threading
 import time
 import uuid
 
 import pytest
 import requests
-import testinfra.utils.ansible_runner
 from conftest import admin_api_key
 
-RUNNER = testinfra.utils.ansible_runner.AnsibleRunner(os.environ["MOLECULE_INVENTORY_FILE"])
-testinfra_hosts = RUNNER.get_hosts("all")
+from labkit.hosts import address_of, hosts_of, testinfra_host
+from labkit.probes import port_open
+from labkit.traffic import Traffic
+
+testinfra_hosts = hosts_of("all")
 
 INSTANCES = (8001, 8002, 8003)
 UNITS_BY_GROUP = {
@@ -32,25 +31,13 @@ UNITS_BY_GROUP = {
 SERVICE_PORTS = {"app": INSTANCES, "db": (5432, 6432), "cache": (6379,)}
 
 
-def address_of(name: str) -> str:
-    return RUNNER.get_variables(name)["ansible_host"]
-
-
 def groups_of(name: str) -> set[str]:
-    return {group for group in ("lb", "app", "db", "cache") if name in RUNNER.get_hosts(group)}
+    return {group for group in ("lb", "app", "db", "cache") if name in hosts_of(group)}
 
 
 @pytest.fixture(scope="module")
 def base() -> str:
-    return f"http://{address_of(RUNNER.get_hosts('lb')[0])}"
-
-
-def is_open(address: str, port: int) -> bool:
-    try:
-        with socket.create_connection((address, port), timeout=2):
-            return True
-    except OSError:
-        return False
+    return f"http://{address_of(hosts_of('lb')[0])}"
 
 
 def test_each_host_runs_its_groups_units(host):
@@ -64,11 +51,11 @@ def test_each_host_runs_its_groups_units(host):
 def test_from_outside_only_ssh_and_http_on_the_load_balancer(host):
     name = host.backend.get_hostname()
     address = address_of(name)
-    assert is_open(address, 22)
-    assert is_open(address, 80) == ("lb" in groups_of(name))
+    assert port_open(address, 22)
+    assert port_open(address, 80) == ("lb" in groups_of(name))
     for group, ports in SERVICE_PORTS.items():
         if group in groups_of(name):
-            assert [p for p in ports if is_open(address, p)] == [], f"{name} exposes service ports"
+            assert [p for p in ports if port_open(address, p)] == [], f"{name} exposes service ports"
 
 
 def _reaches(host, address: str, port: int) -> bool:
@@ -79,7 +66,7 @@ def _reaches(host, address: str, port: int) -> bool:
 def test_service_ports_answer_only_the_hosts_that_need_them(host):
     name = host.backend.get_hostname()
     mine = groups_of(name)
-    app_hosts, db_host, cache_host = RUNNER.get_hosts("app"), RUNNER.get_hosts("db")[0], RUNNER.get_hosts("cache")[0]
+    app_hosts, db_host, cache_host = hosts_of("app"), hosts_of("db")[0], hosts_of("cache")[0]
     if "lb" in mine:
         assert all(_reaches(host, address_of(a), 8001) for a in app_hosts)
         assert not _reaches(host, address_of(db_host), 6432)
@@ -121,10 +108,7 @@ def _health_requests(host, port: int) -> float:
 def test_the_load_balancer_uses_all_six_instances(host, base):
     if "lb" not in groups_of(host.backend.get_hostname()):
         pytest.skip("runs once, on the load balancer")
-    apps = [
-        testinfra.get_host(f"ansible://{name}?ansible_inventory={os.environ['MOLECULE_INVENTORY_FILE']}")
-        for name in RUNNER.get_hosts("app")
-    ]
+    apps = [testinfra_host(name) for name in hosts_of("app")]
     before = {(i, p): _health_requests(app, p) for i, app in enumerate(apps) for p in INSTANCES}
     for _ in range(120):
         assert requests.get(f"{base}/health", timeout=5).status_code == 200
@@ -134,23 +118,11 @@ def test_the_load_balancer_uses_all_six_instances(host, base):
 
 def test_an_instance_killed_under_traffic_loses_no_request(host, api, base):
     name = host.backend.get_hostname()
-    if name != RUNNER.get_hosts("app")[0]:
+    if name != hosts_of("app")[0]:
         pytest.skip("runs once, on the first app host")
     code = api.post(f"{base}/urls", json={"original_url": "https://example.com/k"}, timeout=5).json()["short_code"]
-    statuses: list[int | str] = []
-    stop = threading.Event()
-
-    def traffic() -> None:
-        while not stop.is_set():
-            try:
-                statuses.append(requests.get(f"{base}/{code}", allow_redirects=False, timeout=5).status_code)
-            except requests.RequestException as error:
-                statuses.append(type(error).__name__)
-
     old = host.check_output("systemctl show -p MainPID --value shortener@8002")
-    thread = threading.Thread(target=traffic)
-    thread.start()
-    try:
+    with Traffic(f"{base}/{code}") as traffic:
         time.sleep(1)
         host.run(f"kill -9 {old}")
         deadline = time.monotonic() + 30
@@ -160,8 +132,5 @@ def test_an_instance_killed_under_traffic_loses_no_request(host, api, base):
                 break
             time.sleep(0.5)
         time.sleep(2)
-    finally:
-        stop.set()
-        thread.join()
     assert host.service("shortener@8002").is_running
-    assert statuses and set(statuses) == {302}, {s: statuses.count(s) for s in set(statuses)}
+    assert traffic.answers and set(traffic.answers) == {302}, traffic.counts()

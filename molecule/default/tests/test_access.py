@@ -20,11 +20,11 @@ import uuid
 import pytest
 import requests
 import schemathesis
-import testinfra.utils.ansible_runner
 from hypothesis import HealthCheck, settings
 
-RUNNER = testinfra.utils.ansible_runner.AnsibleRunner(os.environ["MOLECULE_INVENTORY_FILE"])
-BASE = f"http://{RUNNER.get_variables(RUNNER.get_hosts('lb')[0])['ansible_host']}"
+from labkit.hosts import address_of, hosts_of
+
+BASE = f"http://{address_of(hosts_of('lb')[0])}"
 # Generated requests per API operation. About 15 operations: a few minutes at most on the
 # two cores that also run the host (CI runs this in Molecule verify).
 MAX_EXAMPLES = int(os.environ.get("SHORTENER_SCHEMATHESIS_EXAMPLES", "25"))

@@ -9,19 +9,21 @@ requests go through raw sockets: `requests` would normalise them into harmless o
 from __future__ import annotations
 
 import json
-import os
+import re
 import socket
 import ssl
-import threading
 import time
 import uuid
 from pathlib import Path
 
 import pytest
 import requests
-import testinfra.utils.ansible_runner
 
-testinfra_hosts = testinfra.utils.ansible_runner.AnsibleRunner(os.environ["MOLECULE_INVENTORY_FILE"]).get_hosts("lb")
+from labkit.hosts import hosts_of
+from labkit.probes import port_open
+from labkit.traffic import Traffic
+
+testinfra_hosts = hosts_of("lb")
 
 ROOT = Path(__file__).resolve().parents[3]
 LAB_CA = ROOT / "ansible" / ".secrets" / "lab_ca" / "ca.crt"
@@ -200,19 +202,8 @@ def test_creation_burst_is_limited_while_visitors_are_not(address, api):
     assert visitor_link.status_code == 201, visitor_link.text
     code = visitor_link.json()["short_code"]
 
-    visits: list[int] = []
-    stop = threading.Event()
-
-    def visitor() -> None:
-        with requests.Session() as session:
-            while not stop.is_set():
-                started = time.monotonic()
-                visits.append(session.get(f"{base}/{code}", allow_redirects=False, timeout=5).status_code)
-                stop.wait(max(0.0, 0.05 - (time.monotonic() - started)))  # 20 a second
-
-    thread = threading.Thread(target=visitor)
-    thread.start()
-    try:
+    # A visitor's 20 redirects a second go on while the burst of creations is limited.
+    with Traffic(f"{base}/{code}", pause=0.05, keep_alive=True) as visitor:
         tag = uuid.uuid4().hex[:8]
         started = time.monotonic()
         with requests.Session() as session:
@@ -222,9 +213,6 @@ def test_creation_burst_is_limited_while_visitors_are_not(address, api):
             ]
         elapsed = time.monotonic() - started
         time.sleep(1)
-    finally:
-        stop.set()
-        thread.join()
 
     created = [a for a in answers if a.status_code == 201]
     limited = [a for a in answers if a.status_code == 429]
@@ -238,8 +226,8 @@ def test_creation_burst_is_limited_while_visitors_are_not(address, api):
         assert int(answer.headers["Retry-After"]) >= 1
     # 40 in about a second overrun Nginx's bucket (burst 10 at 1/s) whatever the service did.
     assert any(answer.json() == {"error": "Too many requests"} for answer in limited), "Nginx never limited"
-    assert len(visits) >= 10
-    assert set(visits) == {302}, f"a visitor was limited: {sorted(set(visits))}"
+    assert len(visitor.answers) >= 10
+    assert set(visitor.answers) == {302}, f"a visitor was limited: {visitor.counts()}"
     # Leave the bucket full for the tests after this one.
     time.sleep(CREATE_BURST / CREATE_RATE)
 
@@ -270,17 +258,10 @@ def test_https_with_the_lab_certificate(address, ca):
 
 
 def test_only_ssh_http_https_and_the_console_answer_from_outside(address):
-    def is_open(port: int) -> bool:
-        try:
-            with socket.create_connection((address, port), timeout=2):
-                return True
-        except OSError:
-            return False
-
     candidates = (22, 80, 443, 8080, 8443, 5432, 6432, 6379, 8001, 8002, 8003, 9090, 9093, 9095, 9100, 9101)
-    candidates += (9113, 9115, 9121, 9127, 9187, 19531, 19532)
+    candidates += (3903, 9113, 9115, 9121, 9127, 9187, 19531, 19532)
     # The console's port is open here because this machine is on the lab bridge, the lab's admin network.
-    assert [port for port in candidates if is_open(port)] == [22, 80, 443, CONSOLE_PORT]
+    assert [port for port in candidates if port_open(address, port)] == [22, 80, 443, CONSOLE_PORT]
 
 
 def test_console_is_https_only_and_for_the_admin_network(host, address, ca):
@@ -318,3 +299,49 @@ def test_limited_requests_are_in_the_access_log(host):
         "journalctl -q -t nginx_access --since '-10min' -o cat | grep -c '\"status\":429' || true"
     )
     assert int(count or 0) > 0, "no 429 in the access log of the last 10 minutes"
+
+
+MTAIL = "http://127.0.0.1:3903/metrics"
+SAMPLE = re.compile(r"^(\w+)(\{[^}]*\})? (\S+)$")
+
+
+def mtail_metrics(host) -> dict[str, float]:
+    """mtail's counters on the lb host, as {'name{labels}': value} (labels sorted by mtail)."""
+    samples = {}
+    for line in host.check_output(f"curl -sf {MTAIL}").splitlines():
+        match = SAMPLE.match(line)
+        if match and match.group(1).startswith("nginx_access_"):
+            samples[match.group(1) + (match.group(2) or "")] = float(match.group(3))
+    return samples
+
+
+def test_nginx_answers_are_counted_by_mtail(host, address):
+    """Nginx's own answers reach Prometheus through mtail: its 429s by limit zone (the burst
+    above), the errors it makes itself apart from the instances' answers, and a duration
+    histogram; every access log line parses."""
+    before = mtail_metrics(host)
+    for _ in range(3):
+        assert Answer(send_raw(address, request("BREW /health HTTP/1.1", "Host: x", "Connection: close"))).status == 405
+    assert requests.get(f"http://{address}/health", timeout=5).status_code == 200
+    deadline = time.monotonic() + 10
+    key405 = 'nginx_access_requests_total{origin="nginx",status="405",status_class="4xx"}'
+    key200 = 'nginx_access_requests_total{origin="upstream",status="200",status_class="2xx"}'
+    while True:
+        after = mtail_metrics(host)
+        grown = after.get(key405, 0) - before.get(key405, 0) >= 3 and after.get(key200, 0) > before.get(key200, 0)
+        if grown or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert after.get(key405, 0) - before.get(key405, 0) >= 3, after
+    assert after.get(key200, 0) > before.get(key200, 0), after
+    assert after.get('nginx_access_limited_total{zone="create"}', 0) > 0, "the creation burst's 429s are not counted"
+    assert after.get('nginx_access_requests_total{origin="nginx",status="429",status_class="4xx"}', 0) > 0
+    assert after.get('nginx_access_request_duration_seconds_count{origin="upstream"}', 0) > 0
+    assert after.get("nginx_access_unparsed_lines_total", 0) == 0, "log format and mtail program disagree"
+    # Only Nginx's workers (mtail's group) may write to the socket: not any local user.
+    refused = host.run(
+        "setpriv --reuid=nobody --regid=nogroup --clear-groups python3 -c "
+        '"import socket; s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); '
+        "s.sendto(b'x', '/run/mtail/nginx-access.sock')\""
+    )
+    assert refused.rc != 0 and "Permission denied" in refused.stderr, refused.stderr

@@ -14,7 +14,6 @@ any converged inventory:
 
 from __future__ import annotations
 
-import os
 import re
 import shlex
 import time
@@ -23,9 +22,10 @@ from pathlib import Path
 
 import pytest
 import requests
-import testinfra.utils.ansible_runner
 
-testinfra_hosts = testinfra.utils.ansible_runner.AnsibleRunner(os.environ["MOLECULE_INVENTORY_FILE"]).get_hosts("all")
+from labkit.hosts import hosts_of
+
+testinfra_hosts = hosts_of("all")
 
 ROOT = Path(__file__).resolve().parents[3]
 SECRETS = ROOT / "ansible" / ".secrets"
@@ -39,7 +39,7 @@ INSTANCES = (8001, 8002, 8003)
 # Units by the inventory group whose hosts run them.
 UNITS_BY_GROUP = {
     "all": ["prometheus-node-exporter.service", "systemd-journal-gatewayd.service"],
-    "lb": ["nginx.service", "prometheus-nginx-exporter.service"],
+    "lb": ["nginx.service", "prometheus-nginx-exporter.service", "mtail.service"],
     "db": [
         "postgresql@15-main.service",
         "pgbouncer.service",

@@ -23,7 +23,6 @@ import json
 import os
 import re
 import shlex
-import socket
 import time
 import uuid
 from pathlib import Path
@@ -34,12 +33,11 @@ import testinfra
 import yaml
 from conftest import admin_api_key
 
-if "MOLECULE_INVENTORY_FILE" in os.environ:
-    import testinfra.utils.ansible_runner
+from labkit.hosts import hosts_of
+from labkit.probes import port_open
 
-    testinfra_hosts = testinfra.utils.ansible_runner.AnsibleRunner(os.environ["MOLECULE_INVENTORY_FILE"]).get_hosts(
-        "monitoring"
-    )
+if "MOLECULE_INVENTORY_FILE" in os.environ:
+    testinfra_hosts = hosts_of("monitoring")
 
 ROOT = Path(__file__).resolve().parents[3]
 RULE_FILES = sorted((ROOT / "ansible/roles/prometheus/files/rules").glob("*.yml"))
@@ -202,7 +200,7 @@ def test_every_target_is_up(host):
             labels = target["labels"]
             print(f"{labels['job']:24} {labels['instance']:32} {target['health']} {target['lastError']}")
     jobs = {t["labels"]["job"] for t in targets}
-    assert {"shortener", "shortener_clickworker", "node", "blackbox_http", "alertmanager"} <= jobs
+    assert {"shortener", "shortener_clickworker", "node", "blackbox_http", "alertmanager", "mtail"} <= jobs
     # each instance scraped directly, on every app host, and every host's node exporter
     assert sum(t["labels"]["job"] == "shortener" for t in targets) == len(INSTANCES) * len(names_in(host, "app"))
     assert sum(t["labels"]["job"] == "node" for t in targets) == len(names_in(host, "all"))
@@ -319,14 +317,49 @@ def test_logs_of_one_instance_for_the_last_10_minutes(address, app_hostname):
 
 
 def test_monitoring_ports_are_not_reachable_from_outside(host):
-    def is_open(address: str, port: int) -> bool:
-        try:
-            with socket.create_connection((address, port), timeout=2):
-                return True
-        except OSError:
-            return False
-
     # Prometheus, Alertmanager, the sink, the exporters, the journal gateway itself, on every host
-    ports = (9090, 9093, 9095, 9100, 9101, 9113, 9115, 9121, 9127, 9187, 19531)
+    ports = (3903, 9090, 9093, 9095, 9100, 9101, 9113, 9115, 9121, 9127, 9187, 19531)
     addresses = [address_of(host, name) for name in names_in(host, "all")]
-    assert [(a, p) for a in addresses for p in ports if is_open(a, p)] == []
+    assert [(a, p) for a in addresses for p in ports if port_open(a, p)] == []
+
+
+# --- Local APIs: not for every local user -----------------------------------------------------
+
+AS_NOBODY = "setpriv --reuid=nobody --regid=nogroup --clear-groups"
+GATEWAY_SOCKET = "/run/systemd-journal-gatewayd.sock"
+
+
+def test_alertmanager_api_needs_prometheus_password(host):
+    """Alertmanager's API refuses a local user without the password (401), answers with it, and
+    Prometheus (which has it) both scrapes Alertmanager and has it as its active Alertmanager."""
+    url = "http://127.0.0.1:9093/api/v2/status"
+    refused = host.check_output(f"{AS_NOBODY} curl -s -o /dev/null -w '%{{http_code}}' {url}")
+    assert refused == "401"
+    for path in ("/-/healthy", "/api/v2/silences", "/api/v2/alerts"):
+        assert host.check_output(f"curl -s -o /dev/null -w '%{{http_code}}' http://127.0.0.1:9093{path}") == "401", path
+    secret = SECRETS / "alertmanager_web_password"
+    if secret.exists():
+        # printf is the shell's own: the password is in no process's command line
+        config = shlex.quote(f'user = "prometheus:{secret.read_text().strip()}"')
+        status = host.check_output(f"printf '%s\\n' {config} | curl -s -o /dev/null -w '%{{http_code}}' -K - {url}")
+        assert status == "200"
+    active = get_json(host, f"{PROMETHEUS}/api/v1/alertmanagers")["data"]["activeAlertmanagers"]
+    assert [a["url"] for a in active] == ["http://127.0.0.1:9093/api/v2/alerts"]
+    assert query(host, 'up{job="alertmanager"} == 1'), "Prometheus cannot scrape Alertmanager"
+    errors = query(host, "sum(increase(prometheus_notifications_errors_total[10m])) > 0")
+    assert errors == [], f"Prometheus failed to send alerts: {errors}"
+
+
+def test_journal_gateway_only_for_nginx(host):
+    """On a host whose console is its own, the journal gateway is a Unix socket only Nginx's
+    workers may use: a local user is refused, www-data is served, nothing listens on TCP."""
+    for lb in hosts_in(host, "lb"):
+        listen = lb.ansible.get_variables().get("journal_gateway_listen_address", "")
+        if listen:
+            continue  # read by another host's console over TCP (docs/security.md, "What is left")
+        curl = f"curl -s -o /dev/null -w '%{{http_code}}' --unix-socket {GATEWAY_SOCKET} http://gateway/browse"
+        refused = lb.run(f"{AS_NOBODY} {curl}")
+        assert refused.rc == 7 and refused.stdout == "000", (refused.rc, refused.stdout, refused.stderr)
+        served = lb.check_output(f"setpriv --reuid=www-data --regid=www-data --init-groups {curl}")
+        assert served == "200"
+        assert lb.run("ss -Hltn 'sport = :19531'").stdout.strip() == ""

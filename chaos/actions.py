@@ -1,0 +1,184 @@
+"""The actions and probes the experiments (chaos/experiments/*/*.yaml) call through Chaos Toolkit.
+
+Every function takes the experiment's configuration: `inventory`, the Ansible inventory of the
+lab hosts (the runner sets it), from which `group` picks the host to act on. Nothing here acts
+on anything but the hosts of that inventory.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+import time
+from pathlib import Path
+
+import requests
+
+from chaos.lab import ROOT, inventory_hosts, psql, ssh
+
+LOCKER = "chaos-lock"  # application_name of the session that holds the lock on urls
+FULL_FS = "/var/lib/postgresql/chaos-full"  # the size-limited filesystem of the disk-full fault
+SINK = "http://127.0.0.1:9095/messages"  # the Discord sink on the monitoring host
+
+
+def host(configuration: dict, group: str = "db") -> str:
+    return inventory_hosts(Path(configuration["inventory"]))[group][0]
+
+
+def base_url(configuration: dict) -> str:
+    return f"http://{host(configuration, 'lb')}"
+
+
+# --- probes --------------------------------------------------------------------------------------
+
+
+def health_status(configuration: dict) -> int:
+    try:
+        return requests.get(f"{base_url(configuration)}/health", timeout=5).status_code
+    except requests.RequestException:
+        return 0
+
+
+def unit_active(unit: str, group: str, configuration: dict) -> bool:
+    return ssh(host(configuration, group), f"systemctl is-active {shlex.quote(unit)}", check=False).strip() == "active"
+
+
+# --- faults --------------------------------------------------------------------------------------
+
+
+def kill_main(unit: str, group: str, configuration: dict) -> str:
+    """SIGKILL to the unit's main process (a crash: systemd's restart policy must act)."""
+    return ssh(host(configuration, group), f"kill -9 $(systemctl show -p MainPID --value {shlex.quote(unit)})")
+
+
+def kill_units(pattern: str, group: str, configuration: dict, signal: str = "KILL") -> str:
+    """A signal to every process of every unit matching the pattern (all instances at once)."""
+    return ssh(host(configuration, group), f"systemctl kill --signal={signal} {shlex.quote(pattern)}")
+
+
+def signal_main(unit: str, signal: str, group: str, configuration: dict) -> str:
+    """SIGSTOP hangs the daemon (it keeps its sockets, answers nothing), SIGCONT wakes it."""
+    return ssh(host(configuration, group), f"systemctl kill --kill-whom=main --signal={signal} {shlex.quote(unit)}")
+
+
+def systemctl(verb: str, unit: str, group: str, configuration: dict) -> str:
+    return ssh(host(configuration, group), f"systemctl {verb} {shlex.quote(unit)}")
+
+
+def wait_active(unit: str, group: str, configuration: dict, timeout: float = 120) -> float:
+    """Seconds until the unit is active again (systemd's restart, or the heal's start)."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if unit_active(unit, group, configuration):
+            return time.monotonic() - start
+        time.sleep(0.5)
+    raise RuntimeError(f"{unit} not active within {timeout:.0f} s")
+
+
+def wait_healthy(configuration: dict, timeout: float = 180) -> float:
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if health_status(configuration) == 200:
+            return time.monotonic() - start
+        time.sleep(0.5)
+    raise RuntimeError(f"/health not 200 within {timeout:.0f} s")
+
+
+def lock_urls(seconds: int, configuration: dict) -> str:
+    """A session holds ACCESS EXCLUSIVE on urls: every read and write of the table waits."""
+    sql = f"BEGIN; LOCK TABLE urls IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep({int(seconds)}); COMMIT;"
+    cmd = f"PGAPPNAME={LOCKER} runuser -u postgres -- psql -d shortener -Xqc {shlex.quote(sql)}"
+    return ssh(host(configuration), f"nohup {cmd} >/dev/null 2>&1 &")
+
+
+def unlock_urls(configuration: dict) -> str:
+    query = f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = '{LOCKER}'"
+    return psql(host(configuration), query)
+
+
+def memory_max(unit: str, value: str, group: str, configuration: dict) -> str:
+    """Sets MemoryMax= of a running unit until the next boot (below its use: the OOM killer)."""
+    return ssh(host(configuration, group), f"systemctl set-property --runtime {shlex.quote(unit)} MemoryMax={value}")
+
+
+def clear_memory_max(unit: str, group: str, configuration: dict) -> str:
+    """Back to the unit's own limit: the runtime setting removed."""
+    drop_in = f"/run/systemd/system.control/{unit}.d/50-MemoryMax.conf"
+    return ssh(host(configuration, group), f"rm -f {shlex.quote(drop_in)} && systemctl daemon-reload")
+
+
+def fill_database_fs(size_mb: int, configuration: dict) -> str:
+    """The urls table moved onto a small tmpfs made for the purpose, which is then filled up:
+    never the machine's own disk, nor the rest of the database."""
+    address = host(configuration)
+    ssh(
+        address,
+        f"mkdir -p {FULL_FS} && (mountpoint -q {FULL_FS} || "
+        f"mount -t tmpfs -o size={int(size_mb)}M chaos-full {FULL_FS}) && "
+        f"chown postgres:postgres {FULL_FS} && chmod 700 {FULL_FS}",
+    )
+    psql(address, f"CREATE TABLESPACE chaos_full LOCATION '{FULL_FS}'")
+    psql(address, "ALTER TABLE urls SET TABLESPACE chaos_full")
+    fill = f"dd if=/dev/zero of={FULL_FS}/filler bs=1M 2>/dev/null; df -h {FULL_FS} | tail -1"
+    return ssh(address, fill, check=False)
+
+
+def free_database_fs(configuration: dict) -> str:
+    return ssh(host(configuration), f"rm -f {FULL_FS}/filler")
+
+
+def restore_database_fs(configuration: dict) -> str:
+    """After the measurement: urls back in the default tablespace, the tmpfs gone."""
+    address = host(configuration)
+    psql(address, "ALTER TABLE urls SET TABLESPACE pg_default")
+    psql(address, "DROP TABLESPACE IF EXISTS chaos_full")
+    return ssh(address, f"umount {FULL_FS} && rmdir {FULL_FS}", check=False)
+
+
+def reboot(group: str, configuration: dict) -> str:
+    """Powers the lab host off and boots it again (lab/lab.py restart: the host's own name)."""
+    address = host(configuration, group)
+    names = [
+        line.split()[0]
+        for line in subprocess.run(
+            ["python3", str(ROOT / "lab" / "lab.py"), "list"], capture_output=True, text=True, check=True
+        ).stdout.splitlines()[1:]
+        if address in line.split()
+    ]
+    if len(names) != 1:
+        raise RuntimeError(f"no single lab host has the address {address}: {names}")
+    return subprocess.run(
+        ["python3", str(ROOT / "lab" / "lab.py"), "restart", names[0]], capture_output=True, text=True, check=True
+    ).stdout
+
+
+# --- the Discord sink ----------------------------------------------------------------------------
+
+
+def firing_messages(configuration: dict, since: float) -> list[dict]:
+    """The messages the sink received after `since` (epoch seconds) that report firing alerts."""
+    out = ssh(host(configuration, "monitoring"), f"curl -sf '{SINK}?since={since}'", check=False)
+    try:
+        messages = json.loads(out or "[]")
+    except ValueError:
+        return []
+    return [m for m in messages if "[FIRING" in json.dumps(m, ensure_ascii=False)]
+
+
+def alert_received(alert: str, configuration: dict, since: float) -> float | None:
+    """Epoch seconds at which the sink first received a firing message naming the alert."""
+    for message in firing_messages(configuration, since):
+        if alert in json.dumps(message, ensure_ascii=False):
+            return float(message["received_at"])
+    return None
+
+
+def hold_until_alert(alert: str, configuration: dict, timeout: float = 150, least: float = 20) -> float:
+    """Keeps the fault on until the alert reached the sink (or the timeout): seconds waited."""
+    start = time.time()
+    while time.time() - start < timeout:
+        if time.time() - start >= least and alert_received(alert, configuration, start - 5) is not None:
+            break
+        time.sleep(3)
+    return time.time() - start
