@@ -60,15 +60,38 @@ class CachedLink:
     user_id: int | None
     status: int
     original_url: str
+    # Link options, decided by app/redirect_hit.lua: the expiry as Unix seconds, the click cap.
+    expires: int | None = None
+    max_clicks: int | None = None
 
     def encode(self) -> str:
+        """``id[;expires;max] \t user_id \t status \t url``: the options ride on the id, and the
+        script hands callers (the edge included) the plain four fields."""
         uid = "" if self.user_id is None else str(self.user_id)
-        return f"{self.url_id}\t{uid}\t{self.status}\t{self.original_url}"
+        options = ""
+        if self.expires is not None or self.max_clicks is not None:
+            options = f";{'' if self.expires is None else self.expires};{self.max_clicks or ''}"
+        return f"{self.url_id}{options}\t{uid}\t{self.status}\t{self.original_url}"
 
     @classmethod
     def decode(cls, value: str) -> CachedLink:
         url_id, user_id, status, original_url = value.split("\t", 3)
-        return cls(int(url_id), int(user_id) if user_id else None, int(status), original_url)
+        url_id, _, options = url_id.partition(";")
+        expires, _, max_clicks = options.partition(";")
+        return cls(
+            int(url_id),
+            int(user_id) if user_id else None,
+            int(status),
+            original_url,
+            int(expires) if expires else None,
+            int(max_clicks) if max_clicks else None,
+        )
+
+
+def counter_key(code: str) -> str:
+    """Where the script counts a capped link's clicks: under the link's key ('#' is never in a
+    code), so the edge's Redis user reaches it; kept when the link cache is flushed."""
+    return f"{KEY_PREFIX}{code}#n"
 
 
 class Unavailable(Exception):
@@ -192,6 +215,8 @@ class Cache:
         assert self.client is not None
         batch: list[str] = []
         for key in self.client.scan_iter(match=KEY_PREFIX + "*", count=1000):
+            if key.endswith("#n"):
+                continue  # a click counter is not a cached copy of anything
             batch.append(key)
             if len(batch) >= 1000:
                 self.client.unlink(*batch)
@@ -226,8 +251,14 @@ class Cache:
         """Reads a link without counting a click (HEAD requests)."""
         return self.call(lambda r: r.get(KEY_PREFIX + code))
 
-    def fill(self, code: str, link: CachedLink | None) -> None:
+    def fill(self, code: str, link: CachedLink | None, counted: Callable[[], int] | None = None) -> None:
+        """Caches a link (None: the negative entry). A capped link's counter starts at
+        ``counted()`` (the stored clicks) when Redis has none, e.g. after losing its data."""
         key = KEY_PREFIX + code
+        capped = link is not None and link.max_clicks is not None and counted is not None
+        if capped and not self.call(lambda r: r.exists(counter_key(code))):
+            start = counted()  # type: ignore[misc]
+            self.call(lambda r: r.set(counter_key(code), start, nx=True))
         if link is None:
             self.call(lambda r: self._fill(keys=[key], args=[NEGATIVE, self.negative_ttl], client=r))
         else:

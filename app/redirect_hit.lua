@@ -9,9 +9,25 @@
 -- client address (the click worker hashes it into a visitor id; docs/analytics.md).
 -- Returns the cached value: nil (a miss), '-' (negative), '!' (tombstone) or the link
 -- "url_id \t user_id \t status \t location"; only the last queues a click.
+--
+-- Link options ride on the cached id ("id;expires;max_clicks", app/cache.py CachedLink): an
+-- expired link, or one whose click counter (KEYS[1] .. '#n') has reached max_clicks, answers
+-- '-' and queues nothing. The counter is incremented here, atomically with the decision, so
+-- max_clicks N yields exactly N redirects however many clients race.
 local v = redis.call('GET', KEYS[1])
 if not v or v == '!' or v == '-' then return v end
-local id, uid = string.match(v, '^(%d+)\t(%d*)\t')
+local id, options, rest = string.match(v, '^(%d+)([^\t]*)(\t.*)$')
+if options ~= '' then
+  local expires, cap = string.match(options, '^;(%d*);(%d*)$')
+  if expires ~= '' and tonumber(redis.call('TIME')[1]) >= tonumber(expires) then return '-' end
+  if cap ~= '' then
+    local counter = KEYS[1] .. '#n'
+    if tonumber(redis.call('GET', counter) or '0') >= tonumber(cap) then return '-' end
+    redis.call('INCR', counter)
+  end
+  v = id .. rest
+end
+local uid = string.match(rest, '^\t(%d*)\t')
 redis.call('XADD', KEYS[2], '*', 'c', ARGV[1], 'u', id, 'o', uid, 't', ARGV[2],
            'r', ARGV[3], 'a', ARGV[4], 's', ARGV[5], 'q', ARGV[6], 'i', ARGV[7] or '')
 return v

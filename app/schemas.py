@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
@@ -139,6 +139,24 @@ RedirectType = Literal[301, 302, 307, 308]
 Id = Annotated[StrictInt, Field(ge=1, le=2**63 - 1)]
 
 
+def _utc_timestamp(value: str) -> str:
+    """An ISO 8601 date-time, stored as UTC without a zone (as every timestamp here)."""
+    try:
+        moment = datetime.fromisoformat(value.strip()) if len(value) <= 40 else None
+    except ValueError:
+        moment = None
+    if moment is None:
+        raise ValueError("must be an ISO 8601 date-time, e.g. 2026-12-31T23:59:59Z")
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(UTC).replace(tzinfo=None)
+    return moment.replace(microsecond=0).isoformat()
+
+
+# Link options (docs/analytics.md): after expires_at, or max_clicks clicks, the link is a 404.
+ExpiresAt = Annotated[StrictStr, AfterValidator(_utc_timestamp)]
+MaxClicks = Annotated[StrictInt, Field(ge=1, le=2**63 - 1)]
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(strict=True, extra="ignore")
 
@@ -159,6 +177,8 @@ class UrlIn(Strict):
     title: Title | None = None
     short_code: ShortCode | None = None
     redirect_type: RedirectType = 302
+    expires_at: ExpiresAt | None = None
+    max_clicks: MaxClicks | None = None
 
 
 class UrlUpdate(Strict):
@@ -166,6 +186,9 @@ class UrlUpdate(Strict):
     title: Title | None = None
     is_active: StrictBool | None = None
     redirect_type: RedirectType | None = None
+    # null removes the option.
+    expires_at: ExpiresAt | None = None
+    max_clicks: MaxClicks | None = None
 
 
 class EventIn(Strict):
@@ -194,6 +217,8 @@ class Url(BaseModel):
     created_at: str
     updated_at: str
     short_url: str
+    expires_at: str | None = None
+    max_clicks: int | None = None
 
 
 class Event(BaseModel):
@@ -240,6 +265,8 @@ def url_out(row: dict[str, Any], base_url: str) -> dict[str, Any]:
         "created_at": timestamp(row["created_at"]),
         "updated_at": timestamp(row["updated_at"]),
         "short_url": f"{base_url.rstrip('/')}/{row['short_code']}",
+        "expires_at": timestamp(row["expires_at"]) if row.get("expires_at") else None,
+        "max_clicks": row.get("max_clicks"),
     }
 
 

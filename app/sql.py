@@ -54,15 +54,19 @@ EMAIL_OWNER = "SELECT id FROM users WHERE lower(email) = lower(%s)"
 MAX_USER_ID = "SELECT COALESCE(max(id), 0) AS max_id FROM users"
 
 # --- urls --------------------------------------------------------------------------------
-URL_COLUMNS = "id, user_id, short_code, original_url, title, is_active, redirect_type, created_at, updated_at"
+URL_COLUMNS = (
+    "id, user_id, short_code, original_url, title, is_active, redirect_type, created_at, updated_at,"
+    " expires_at, max_clicks"
+)
 
 # A new link and its `created` event in ONE statement: atomic in autocommit, one round trip
 # through PgBouncer instead of four (BEGIN, two INSERTs, COMMIT); docs/capacity.md, fix 6.
 # A taken code inserts neither row and returns none.
 INSERT_URL = f"""
 WITH url AS (
-    INSERT INTO urls (user_id, short_code, original_url, title, redirect_type)
-    VALUES (%(user_id)s, %(short_code)s, %(original_url)s, %(title)s, %(redirect_type)s)
+    INSERT INTO urls (user_id, short_code, original_url, title, redirect_type, expires_at, max_clicks)
+    VALUES (%(user_id)s, %(short_code)s, %(original_url)s, %(title)s, %(redirect_type)s,
+            %(expires_at)s::timestamp, %(max_clicks)s)
     ON CONFLICT (short_code) DO NOTHING
     RETURNING {URL_COLUMNS}
 ), created AS (
@@ -79,9 +83,10 @@ GET_URL = f"SELECT {URL_COLUMNS} FROM urls WHERE id = %s AND deleted_at IS NULL"
 GET_URL_FOR_UPDATE = f"SELECT {URL_COLUMNS} FROM urls WHERE id = %s AND deleted_at IS NULL FOR UPDATE"
 
 # What a redirect needs, and nothing more.
-RESOLVE_CODE = """
-SELECT id, user_id, original_url, is_active, redirect_type FROM urls
-WHERE short_code = %s AND deleted_at IS NULL
+RESOLVE_CODE = f"""
+SELECT id, user_id, original_url, is_active, redirect_type, expires_at, max_clicks,
+       expires_at IS NOT NULL AND expires_at <= {NOW} AS expired
+FROM urls WHERE short_code = %s AND deleted_at IS NULL
 """
 
 LIST_URLS = f"""
@@ -95,7 +100,7 @@ ORDER BY id LIMIT %(limit)s OFFSET %(offset)s
 
 UPDATE_URL = f"""
 UPDATE urls SET title = %(title)s, is_active = %(is_active)s, original_url = %(original_url)s,
-    redirect_type = %(redirect_type)s,
+    redirect_type = %(redirect_type)s, expires_at = %(expires_at)s::timestamp, max_clicks = %(max_clicks)s,
     updated_at = GREATEST({NOW}, updated_at + interval '1 second')
 WHERE id = %(id)s RETURNING {URL_COLUMNS}
 """
@@ -167,6 +172,10 @@ FROM jsonb_to_recordset(%s::jsonb)
 ORDER BY c.ts, c.click_id
 ON CONFLICT (click_id) DO NOTHING
 """
+
+# A link's counted clicks: what max_clicks is checked against while Redis is out, and where
+# the Redis counter starts when it was lost.
+COUNT_CLICKS = "SELECT count(*) AS n FROM events WHERE url_id = %s AND event_type = 'click'"
 
 # --- click analytics (docs/analytics.md) -----------------------------------------------------
 # One batch of clicks in ONE statement, so one transaction: the events the contract lists, the

@@ -67,7 +67,7 @@ def update_url(url_id: int) -> Response:
     if not changes:
         raise ApiError(
             422,
-            "Nothing to update: send title, is_active, original_url or redirect_type",
+            "Nothing to update: send title, is_active, original_url, redirect_type, expires_at or max_clicks",
             {"body": "no updatable field"},
         )
     for field in ("is_active", "original_url", "redirect_type"):
