@@ -57,7 +57,7 @@ def create_app(settings: Settings | None = None) -> Flask:
             logging.getLogger(__name__).info("schema migrated", extra={"applied": applied})
 
     app.url_map.converters["id"] = IdConverter
-    from app.api import events, health, keys, redirect, stats, urls, users, web
+    from app.api import events, exports, health, keys, redirect, stats, urls, users, web
     from app.openapi import bp as openapi_bp
 
     for blueprint in (
@@ -66,6 +66,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         events.bp,
         keys.bp,
         stats.bp,
+        exports.bp,
         health.bp,
         metrics.bp,
         openapi_bp,

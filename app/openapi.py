@@ -280,6 +280,23 @@ def _stats_paths() -> dict[str, Any]:
                 "responses": {"200": _json(_ref("LinkStats"), "The link's statistics"), **_errors(400, 404)},
             },
         },
+        "/urls/{url_id}/clicks.csv": {
+            "parameters": [_path("url_id", ID)],
+            "get": {
+                "summary": "The link's raw clicks as CSV, streamed (oldest first; within the raw-click retention)",
+                "responses": {"200": {"description": "text/csv"}, **_errors(404)},
+            },
+        },
+        **{
+            f"/urls/{{url_id}}/qr.{kind}": {
+                "parameters": [_path("url_id", ID)],
+                "get": {
+                    "summary": "QR code of the short URL",
+                    "responses": {"200": {"description": f"image/{mime}"}, **_errors(404)},
+                },
+            }
+            for kind, mime in (("svg", "svg+xml"), ("png", "png"))
+        },
         "/stats/top": {
             "get": {
                 "summary": "The most-followed links (an admin key: all; a user's key: its own)",

@@ -247,6 +247,15 @@ WHERE event_type = 'click' AND click_id IS NOT NULL AND url_id IS NOT NULL AND i
 ORDER BY id LIMIT %s
 """
 
+# One page of a link's raw clicks after (ts, click_id), for the CSV export.
+EXPORT_CLICKS = """
+SELECT ts, click_id, is_bot, browser, os, device, referrer_domain, visitor, host(client_addr) AS client_addr
+FROM clicks
+WHERE url_id = %(url_id)s
+  AND (%(ts)s::timestamp IS NULL OR (ts, click_id) > (%(ts)s::timestamp, %(click_id)s))
+ORDER BY ts, click_id LIMIT %(limit)s
+"""
+
 STATS_SERIES = """
 SELECT date_trunc(%(unit)s, hour) AS bucket, sum(clicks) AS clicks, sum(bots) AS bots FROM click_hourly
 WHERE url_id = %(url_id)s AND hour >= %(start)s AND hour < %(end)s GROUP BY 1

@@ -115,6 +115,9 @@ MATRIX: list[tuple[str, Any, Any, tuple[int, int, int, int, int]]] = [
     ("DELETE", lambda w: f"/keys/{w.new_key_a()}", None, (401, 204, 404, 204, 401)),
     ("GET", lambda w: f"/urls/{w.url_a['id']}/stats", None, (401, 200, 404, 200, 401)),
     ("GET", "/stats/top", None, (401, 200, 200, 200, 401)),  # B sees its own (none)
+    ("GET", lambda w: f"/urls/{w.url_a['id']}/clicks.csv", None, (401, 200, 404, 200, 401)),
+    ("GET", lambda w: f"/urls/{w.url_a['id']}/qr.svg", None, (401, 200, 404, 200, 401)),
+    ("GET", lambda w: f"/urls/{w.url_a['id']}/qr.png", None, (401, 200, 404, 200, 401)),
     ("GET", "/metrics", None, (200, 200, 200, 200, 401)),  # from 127.0.0.1: metrics_allow
     ("GET", "/nothing/here", None, (404, 404, 404, 404, 404)),
 ]

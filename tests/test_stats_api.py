@@ -132,3 +132,41 @@ def test_the_statistics_are_described_in_openapi(client):
     assert set(operation["responses"]) >= {"200", "400", "401", "404"}
     assert "/stats/top" in spec["paths"]
     assert {"LinkStats", "TopLinks"} <= set(spec["components"]["schemas"])
+
+
+def test_the_clicks_export_is_a_streamed_csv_read_page_by_page(keyed, monkeypatch):
+    from app.api import exports
+
+    monkeypatch.setattr(exports, "EXPORT_PAGE", 2)  # 5 clicks: three pages
+    link = keyed["links"]["a"]
+    response = keyed["one"].get(f"/urls/{link['id']}/clicks.csv")
+    assert response.status_code == 200 and response.is_streamed
+    assert response.mimetype == "text/csv"
+    assert f'filename="{link["short_code"]}-clicks.csv"' in response.headers["Content-Disposition"]
+    lines = response.get_data(as_text=True).splitlines()
+    assert lines[0] == "time,click_id,is_bot,browser,os,device,referrer_domain,visitor,client_addr"
+    rows = [line.split(",") for line in lines[1:]]
+    assert len(rows) == 5 and len({r[1] for r in rows}) == 5
+    assert {(r[0], r[2], r[3], r[5], r[6], r[8]) for r in rows} == {
+        ("2026-11-20T12:00:00", "True", "curl", "bot", "ref.example", "")
+    }
+    assert keyed["two"].get(f"/urls/{link['id']}/clicks.csv").status_code == 404
+
+
+def test_qr_codes_of_a_link(keyed):
+    import io
+
+    import segno
+
+    link = keyed["links"]["a"]
+    svg = keyed["one"].get(f"/urls/{link['id']}/qr.svg")
+    assert svg.status_code == 200 and svg.mimetype == "image/svg+xml"
+    assert svg.get_data(as_text=True).startswith("<svg")
+    png = keyed["admin"].get(f"/urls/{link['id']}/qr.png")
+    assert png.mimetype == "image/png" and png.data.startswith(b"\x89PNG\r\n\x1a\n")
+    # The code holds the short URL: the same symbol segno makes of it.
+    expected = io.BytesIO()
+    segno.make(link["short_url"], error="m").save(expected, kind="png", scale=8, border=2)
+    assert png.data == expected.getvalue()
+    assert keyed["two"].get(f"/urls/{link['id']}/qr.svg").status_code == 404
+    assert keyed["one"].get(f"/urls/{link['id']}/qr.gif").status_code == 404
