@@ -31,7 +31,9 @@ log = logging.getLogger(__name__)
 # Endpoints anyone may call: the redirect, the health check, the web page and its form, the
 # API description. Every endpoint not named here needs a key: a new route is closed until
 # someone opens it here.
-PUBLIC = frozenset({"redirect.follow", "health.health", "web.index", "web.shorten", "openapi.openapi", "static"})
+PUBLIC = frozenset(
+    {"redirect.follow", "health.health", "web.index", "web.shorten", "web.stats_page", "openapi.openapi", "static"}
+)
 # Anyone may call it; a key, when sent, is checked and decides whose link it is.
 KEY_OPTIONAL = frozenset({"urls.create_url"})
 # Only admin keys; a user's key gets 403.

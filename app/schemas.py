@@ -28,6 +28,7 @@ RESERVED_CODES = frozenset(
         "users",
         "urls",
         "events",
+        "stats",
         "health",
         "metrics",
         "openapi",

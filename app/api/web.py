@@ -20,24 +20,37 @@ bp = Blueprint("web", __name__)
 _STYLE = re.compile(r"<style>(.*?)</style>", re.DOTALL)
 
 
+# What the statistics page adds to the policy: its one script (/static/stats.js), the API
+# calls it makes, and the QR code it shows from a blob.
+_STATS_PAGE_EXTRA = "; script-src 'self'; connect-src 'self'; img-src blob:"
+
+
 @functools.cache
-def _content_security_policy() -> str:
+def _content_security_policy(template: str = "index.html") -> str:
     # The page's one inline <style> is allowed by its hash (static text, so the template's
     # source is what the browser gets); nothing else loads, nothing runs, nothing frames it.
     # Nginx adds the other security headers to every answer; this policy is the page's own.
-    source = current_app.jinja_loader.get_source(current_app.jinja_env, "index.html")[0]  # type: ignore[union-attr]
+    source = current_app.jinja_loader.get_source(current_app.jinja_env, template)[0]  # type: ignore[union-attr]
     hashes = " ".join(
         "'sha256-" + base64.b64encode(hashlib.sha256(style.encode()).digest()).decode() + "'"
         for style in _STYLE.findall(source)
     )
-    return f"default-src 'none'; style-src {hashes}; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+    policy = f"default-src 'none'; style-src {hashes}; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+    return policy + (_STATS_PAGE_EXTRA if template == "stats.html" else "")
 
 
 @bp.after_request
 def _page_headers(response: Response) -> Response:
     if response.mimetype == "text/html":
-        response.headers["Content-Security-Policy"] = _content_security_policy()
+        template = "stats.html" if request.endpoint == "web.stats_page" else "index.html"
+        response.headers["Content-Security-Policy"] = _content_security_policy(template)
     return response
+
+
+@bp.get("/stats/view")
+def stats_page() -> str:
+    """A link's statistics (docs/analytics.md): the page asks for the key, the script fetches."""
+    return render_template("stats.html")
 
 
 @bp.get("/")
