@@ -9,12 +9,10 @@ import threading
 import time
 from datetime import UTC, date, datetime
 
-import pytest
-import redis as redis_lib
-
 from app import clickparse, clicks, clickstore, clickworker
 from app import migrate as migrations
 from app.db import Database
+from tests import test_clickworker
 from tests.conftest import make_settings
 
 CHROME = (
@@ -39,14 +37,8 @@ CLICK_SET = [
 ]
 
 
-@pytest.fixture
-def worker_parts(clean):
-    settings = make_settings(clean, clickworker_batch_size=50, clickworker_block_ms=100)
-    db = Database(settings.database_url, 2, 5, 2)
-    client = redis_lib.Redis.from_url(settings.redis_url, decode_responses=True, socket_timeout=5)
-    yield settings, db, client
-    db.close()
-    client.close()
+# The click worker's tests' fixture: settings with small batches, a pool, a Redis client.
+worker_parts = test_clickworker.worker_parts
 
 
 def queue(redis, stream: str, url: dict, click_set: list[tuple[str, str, str, str]]) -> list[dict[str, str]]:
