@@ -17,6 +17,8 @@
 local v = redis.call('GET', KEYS[1])
 if not v or v == '!' or v == '-' then return v end
 local id, options, rest = string.match(v, '^(%d+)([^\t]*)(\t.*)$')
+-- Not a link entry (written by hand, or a stray counter): a miss, which the instances refill.
+if not id then return nil end
 if options ~= '' then
   local expires, cap = string.match(options, '^;(%d*);(%d*)$')
   if expires ~= '' and tonumber(redis.call('TIME')[1]) >= tonumber(expires) then return '-' end

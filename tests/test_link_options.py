@@ -108,3 +108,11 @@ def test_the_link_cache_flush_keeps_click_counters(app, make_url, redis):
     cache._flush_links()
     assert redis.get(counter_key(url["short_code"])) == "1"
     assert redis.get(f"shortener:url:{url['short_code']}") is None
+
+
+def test_a_cache_entry_that_is_not_a_link_is_a_miss_not_an_error(app, make_url, redis):
+    url = make_url()
+    redis.set(f"shortener:url:{url['short_code']}", "1")  # e.g. a stray INCR
+    assert app.test_client().get(f"/{url['short_code']}").status_code == 302
+    assert app.extensions["shortener"].cache.breaker._failures == 0  # a miss, not a script error
+    assert redis.get(f"shortener:url:{url['short_code']}").startswith(f"{url['id']}\t")
