@@ -9,8 +9,11 @@ import threading
 import time
 from datetime import UTC, date, datetime
 
+import pytest
+
 from app import clickparse, clicks, clickstore, clickworker
 from app import migrate as migrations
+from app.config import get_settings
 from app.db import Database
 from tests import test_clickworker
 from tests.conftest import make_settings
@@ -275,3 +278,41 @@ def test_several_consumers_in_one_process_share_the_stream(make_url, worker_part
     assert sql("SELECT count(*) FROM events WHERE event_type = 'click'") == [(210,)]
     assert sql("SELECT sum(clicks) FROM click_daily") == [(210,)]
     assert redis.xlen(settings.click_stream) == 0
+
+
+@pytest.mark.parametrize(
+    ("agent", "expected"),
+    [
+        ("", ("(none)", "(none)", "other", False)),
+        (
+            "Mozilla/5.0 (iPad; CPU OS 17_0 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.0"
+            " Mobile/15E148 Safari/604.1",
+            ("Mobile Safari", "iOS", "tablet", False),
+        ),
+        ("SomethingNew/1.0", ("Other", "Other", "other", False)),
+        (GOOGLEBOT, ("Googlebot", "Other", "bot", True)),
+    ],
+)
+def test_user_agents_become_browser_os_device_and_bot(agent, expected):
+    parsed = clickparse.agent(agent)
+    assert (parsed.browser, parsed.os, parsed.device, parsed.is_bot) == expected
+
+
+def test_referrer_domains_and_addresses():
+    assert clickparse.referrer_domain("https://WWW.News.Example:8443/a?b") == "news.example"
+    assert clickparse.referrer_domain("") == "(none)"
+    assert clickparse.referrer_domain("not a url") == "Other"
+    assert clickparse.referrer_domain("http://[::1") == "Other"  # urlsplit refuses it
+    assert clickparse.storable_address(" 192.0.2.1 ") == "192.0.2.1"
+    assert clickparse.storable_address("unknown") is None
+    clickparse.warm_up()  # loads every rule; must not raise
+
+
+def test_the_maintenance_and_backfill_commands(clean, monkeypatch, capsys):
+    monkeypatch.setenv("SHORTENER_DATABASE_URL", clean.database_url)
+    get_settings.cache_clear()  # the settings of this environment, not of an earlier test
+    assert clickstore.main(["maintain"]) == 0
+    assert json.loads(capsys.readouterr().out)["ensured"][0] == datetime.now(UTC).strftime("clicks_%Y_%m")
+    assert clickstore.main(["backfill"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"backfilled": 0}
+    get_settings.cache_clear()
