@@ -24,9 +24,12 @@ LAB_ADDR    := $(word 2,$(LAB_AIO))
 DRILL_HOST  := lab-drill=10.213.0.11
 DRILL_INVENTORY := inventories/lab
 RESTORE_TARGET ?=
+# make canary-demo's host: make up's by default, any converged host's inventory and address.
+CANARY_INVENTORY ?= ansible/inventories/lab
+CANARY_ADDR ?= $(LAB_ADDR)
 export ANSIBLE_CONFIG := $(ROOT)/ansible/ansible.cfg
 
-.PHONY: help deps venv requirements lint test test-service test-molecule test-cluster up down dev seed clean loadtest bench openloop restore-drill chaos
+.PHONY: help deps venv requirements lint test test-service test-molecule test-cluster up down dev seed clean loadtest bench openloop restore-drill chaos canary-demo
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -124,6 +127,9 @@ openloop: venv ## hey: latency at fixed offered redirect rates over 1000 open co
 chaos: venv ## the chaos suite against the lab host: every experiment under traffic -> docs/chaos.md, docs/img/chaos/ (CHAOS_ARGS=--only NAME...)
 	$(PY) -m pip install -q "$$(grep '^matplotlib==' $(ROOT)/loadtests/requirements.txt)"
 	cd $(ROOT) && $(PY) -m chaos.run --suite aio --inventory ansible/inventories/lab $(CHAOS_ARGS)
+
+canary-demo: venv ## after make up: a bad release rolled back by its canary, a good one promoted, a rolling deploy, rollback.yml, under steady load (CANARY_INVENTORY= CANARY_ADDR= CANARY_ARGS=...)
+	cd $(ROOT) && $(PY) -m loadtests.canary_demo --inventory $(CANARY_INVENTORY) --target http://$(CANARY_ADDR) $(CANARY_ARGS)
 
 dev: venv ## run the service locally (Flask dev server) against private PostgreSQL and Redis
 	eval "$$($(PY) -m devstack up)"
