@@ -64,7 +64,8 @@ def test_pgbouncer_takes_scram_from_every_app_host():
         app = testinfra_host(name)
         assert _connect(app, password) == (0, ""), name
         rc, error = _connect(app, password + "x")
-        assert rc != 0 and "password authentication failed" in error, (name, error)
+        # PgBouncer names the SCRAM (SASL) exchange that failed
+        assert rc != 0 and "SASL authentication failed" in error, (name, error)
     # SCRAM on PgBouncer's side too: only verifiers in its files, never the password itself
     files = db.check_output("cat /etc/pgbouncer/userlist.txt /etc/pgbouncer/pgbouncer.ini /etc/pgbouncer/*.ini")
     assert "auth_type = scram-sha-256" in files and password not in files
