@@ -15,6 +15,7 @@ host, the backups, the keys profile, the sandboxes); this one checks the paths b
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import time
 from pathlib import Path
@@ -84,6 +85,22 @@ def test_the_cache_answers_the_lb_host_as_the_edge_user_only(host):
     found = host.run("grep -rlF -f /dev/stdin /etc /opt /usr/local 2>/dev/null <<'EOF'\n" + "\n".join(others) + "\nEOF")
     assert found.stdout.strip() == "", f"another Redis user's password on the lb host: {found.stdout}"
     assert host.run(f"grep -rlF {shlex.quote(edge)} /etc/nginx").stdout.strip() != ""
+
+
+def test_the_cache_hosts_firewall_admits_the_lb_host_to_redis_only():
+    """Issue 14's cluster point: the lb hosts reach the cache host for Redis, and otherwise only
+    for its journal gateway (their log console) and, when an lb host is a monitoring host, for
+    the exporters its Prometheus scrapes."""
+    cache = testinfra_host(hosts_of("cache")[0])
+    rules = cache.check_output("nft list chain inet common_filter input")
+    admitted: dict[str, set[int]] = {}
+    for sources, port in re.findall(r"ip saddr (\{[^}]*\}|\S+) tcp dport (\d+) accept", rules):
+        for source in sources.strip("{} ").split(","):
+            admitted.setdefault(source.strip(), set()).add(int(port))
+    for name in hosts_of("lb"):
+        allowed = {6379, GATEWAY_PORT} | ({9100, 9121} if name in hosts_of("monitoring") else set())
+        assert admitted.get(address_of(name)) == allowed, (name, admitted)
+    assert address_of(hosts_of("db")[0]) not in admitted, admitted
 
 
 # --- Backups: the repository on its own host -----------------------------------------------------
