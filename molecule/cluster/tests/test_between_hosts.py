@@ -24,7 +24,8 @@ import pytest
 import requests
 from conftest import redis_on
 
-from labkit.hosts import address_of, hosts_of, testinfra_host
+from labkit.hosts import address_of, hosts_of
+from labkit.hosts import testinfra_host as host_named  # not "test...": pytest would collect it
 
 testinfra_hosts = hosts_of("lb")
 
@@ -60,9 +61,9 @@ def _connect(app, password: str) -> tuple[int, str]:
 
 def test_pgbouncer_takes_scram_from_every_app_host():
     password = secret("db_password")
-    db = testinfra_host(hosts_of("db")[0])
+    db = host_named(hosts_of("db")[0])
     for name in hosts_of("app"):
-        app = testinfra_host(name)
+        app = host_named(name)
         assert _connect(app, password) == (0, ""), name
         rc, error = _connect(app, password + "x")
         # PgBouncer names the SCRAM (SASL) exchange that failed
@@ -91,7 +92,7 @@ def test_the_cache_hosts_firewall_admits_the_lb_host_to_redis_only():
     """Issue 14's cluster point: the lb hosts reach the cache host for Redis, and otherwise only
     for its journal gateway (their log console) and, when an lb host is a monitoring host, for
     the exporters its Prometheus scrapes."""
-    cache = testinfra_host(hosts_of("cache")[0])
+    cache = host_named(hosts_of("cache")[0])
     rules = cache.check_output("nft list chain inet common_filter input")
     admitted: dict[str, set[int]] = {}
     for sources, port in re.findall(r"ip saddr (\{[^}]*\}|\S+) tcp dport (\d+) accept", rules):
@@ -109,7 +110,7 @@ def test_the_cache_hosts_firewall_admits_the_lb_host_to_redis_only():
 def test_the_backup_repository_is_on_the_backup_host_only():
     db_name, repo_name = hosts_of("db")[0], hosts_of("backup")[0]
     assert repo_name != db_name
-    db, repo = testinfra_host(db_name), testinfra_host(repo_name)
+    db, repo = host_named(db_name), host_named(repo_name)
     info = json.loads(repo.check_output("runuser -u pgbackrest -- pgbackrest --output=json info"))
     assert [stanza["status"]["code"] for stanza in info] == [0], info
     assert any(backup["type"] == "full" for backup in info[0]["backup"])
@@ -145,7 +146,7 @@ def test_a_gateway_on_tcp_answers_the_console_only(host):
     assert gateways, "no host's gateway is on TCP: nothing for this test"
     for name in gateways:
         address = address_of(name)
-        gateway_host = testinfra_host(name)
+        gateway_host = host_named(name)
         assert gateway_host.socket(f"tcp://{address}:{GATEWAY_PORT}").is_listening, name
         # The console's Nginx workers are served...
         assert _gateway(host, address, AS_NGINX) == "200", name
@@ -155,10 +156,10 @@ def test_a_gateway_on_tcp_answers_the_console_only(host):
         assert _gateway(gateway_host, address, AS_NOBODY) == "ConnectionRefusedError", name
         assert _gateway(gateway_host, address) == "ConnectionRefusedError", name
         # Another lab host: its own output rule resets the connection.
-        other = testinfra_host(next(n for n in gateways if n != name))
+        other = host_named(next(n for n in gateways if n != name))
         assert _gateway(other, address) == "ConnectionRefusedError", name
     # Without that rule (root there may drop it), the gateway's input rule still drops it.
-    target, other = gateways[0], testinfra_host(gateways[-1])
+    target, other = gateways[0], host_named(gateways[-1])
     other.check_output("nft flush chain inet common_filter output")
     try:
         assert _gateway(other, address_of(target)) == "TimeoutError", target
