@@ -14,7 +14,8 @@ import pytest
 import requests
 from conftest import admin_api_key
 
-from labkit.hosts import address_of, hosts_of, testinfra_host
+from labkit.hosts import address_of, hosts_of
+from labkit.hosts import testinfra_host as host_named  # not "test...": pytest would collect it
 from labkit.probes import port_open
 from labkit.traffic import Traffic
 
@@ -108,7 +109,7 @@ def _health_requests(host, port: int) -> float:
 def test_the_load_balancer_uses_all_six_instances(host, base):
     if "lb" not in groups_of(host.backend.get_hostname()):
         pytest.skip("runs once, on the load balancer")
-    apps = [testinfra_host(name) for name in hosts_of("app")]
+    apps = [host_named(name) for name in hosts_of("app")]
     before = {(i, p): _health_requests(app, p) for i, app in enumerate(apps) for p in INSTANCES}
     for _ in range(120):
         assert requests.get(f"{base}/health", timeout=5).status_code == 200

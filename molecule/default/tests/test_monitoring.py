@@ -356,7 +356,7 @@ def test_journal_gateway_only_for_nginx(host):
     for lb in hosts_in(host, "lb"):
         listen = lb.ansible.get_variables().get("journal_gateway_listen_address", "")
         if listen:
-            continue  # read by another host's console over TCP (docs/security.md, "What is left")
+            continue  # read by another host's console over TCP: the cluster's test_between_hosts.py
         curl = f"curl -s -o /dev/null -w '%{{http_code}}' --unix-socket {GATEWAY_SOCKET} http://gateway/browse"
         refused = lb.run(f"{AS_NOBODY} {curl}")
         assert refused.rc == 7 and refused.stdout == "000", (refused.rc, refused.stdout, refused.stderr)
