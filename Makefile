@@ -20,8 +20,9 @@ APT_PACKAGES := python3-venv python3-dev gcc libpq-dev postgresql pgbouncer redi
 LAB_AIO     := $(shell cd $(ROOT) && python3 -c 'from labkit.hosts import AIO_NAME, AIO_ADDRESS; print(AIO_NAME, AIO_ADDRESS)')
 LAB_HOST    := $(word 1,$(LAB_AIO))=$(word 2,$(LAB_AIO))
 LAB_ADDR    := $(word 2,$(LAB_AIO))
-# The fresh host `make restore-drill` restores onto (made and removed by the target).
-DRILL_HOST  := lab-drill=10.213.0.11
+# The fresh host `make restore-drill` restores onto (made and removed by the target): labkit/hosts.py.
+LAB_DRILL   := $(shell cd $(ROOT) && python3 -c 'from labkit.hosts import DRILL_NAME, DRILL_ADDRESS; print(DRILL_NAME, DRILL_ADDRESS)')
+DRILL_HOST  := $(word 1,$(LAB_DRILL))=$(word 2,$(LAB_DRILL))
 DRILL_INVENTORY := inventories/lab
 RESTORE_TARGET ?=
 export ANSIBLE_CONFIG := $(ROOT)/ansible/ansible.cfg

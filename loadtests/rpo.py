@@ -1,6 +1,7 @@
 """RPO measured: acknowledged writes lost when the database host dies without a clean shutdown.
 
-    python loadtests/rpo.py --host lab-aio=10.213.0.10 --drill lab-drill=10.213.0.11
+    python -m loadtests.rpo        # make up's host and the drill host of labkit.hosts
+    python -m loadtests.rpo --host NAME=ADDRESS --drill NAME=ADDRESS --inventory PATH
 
 1. Creates links (POST /urls with the admin key) at a fixed rate for --seconds and records each
    acknowledged one (201) with the time it was acknowledged.
@@ -31,12 +32,13 @@ import time
 import uuid
 from pathlib import Path
 
-import apikey
-import labssh
 import requests
 
+from lab import cli as LAB  # the lab tool itself: PID 1 of a host, its root filesystem
+from labkit.hosts import AIO_ADDRESS, AIO_NAME, DRILL_ADDRESS, DRILL_NAME
+from loadtests import apikey, labssh
+
 ROOT = Path(__file__).resolve().parents[1]
-LAB = labssh._lab  # the lab tool's own module, loaded once by labssh
 PG_UNIT = "postgresql@15-main.service"
 ANSIBLE_PLAYBOOK = str(ROOT / ".venv/bin/ansible-playbook")
 
@@ -130,9 +132,9 @@ def restored_codes(drill_address: str, run_id: str) -> set[str]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--host", type=parse_host, default=("lab-aio", "10.213.0.10"), help="NAME=ADDRESS of the stack")
+    parser.add_argument("--host", type=parse_host, default=(AIO_NAME, AIO_ADDRESS), help="NAME=ADDRESS of the stack")
     parser.add_argument(
-        "--drill", type=parse_host, default=("lab-drill", "10.213.0.11"), help="NAME=ADDRESS to restore on"
+        "--drill", type=parse_host, default=(DRILL_NAME, DRILL_ADDRESS), help="NAME=ADDRESS to restore on"
     )
     parser.add_argument("--inventory", default="inventories/lab", help="inventory of the stack (relative to ansible/)")
     parser.add_argument("--rate", type=float, default=20.0, help="links created per second")
