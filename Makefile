@@ -27,7 +27,7 @@ DRILL_INVENTORY := inventories/lab
 RESTORE_TARGET ?=
 export ANSIBLE_CONFIG := $(ROOT)/ansible/ansible.cfg
 
-.PHONY: help deps venv requirements lint test test-service test-molecule test-cluster up down dev seed clean loadtest bench openloop restore-drill chaos
+.PHONY: help deps venv requirements lint test test-service test-molecule test-cluster up down dev seed clean loadtest bench openloop restore-drill chaos chaos-cluster
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -125,6 +125,13 @@ openloop: venv ## hey: latency at fixed offered redirect rates over 1000 open co
 chaos: venv ## the chaos suite against the lab host: every experiment under traffic -> docs/chaos.md, docs/img/chaos/ (CHAOS_ARGS=--only NAME...)
 	$(PY) -m pip install -q "$$(grep '^matplotlib==' $(ROOT)/loadtests/requirements.txt)"
 	cd $(ROOT) && $(PY) -m chaos.run --suite aio --inventory ansible/inventories/lab $(CHAOS_ARGS)
+
+# The five-host lab of the network faults (tc netem, nftables partitions): its inventory, like
+# ansible/inventories/lab-cluster (a copy with other names and addresses under .lab-inv/ works).
+CHAOS_CLUSTER_INVENTORY ?= ansible/inventories/lab-cluster
+chaos-cluster: venv ## the network experiments against the five-host lab -> docs/chaos-cluster.md (CHAOS_CLUSTER_INVENTORY=..., CHAOS_ARGS=...)
+	$(PY) -m pip install -q "$$(grep '^matplotlib==' $(ROOT)/loadtests/requirements.txt)"
+	cd $(ROOT) && $(PY) -m chaos.run --suite cluster --inventory $(CHAOS_CLUSTER_INVENTORY) $(CHAOS_ARGS)
 
 dev: venv ## run the service locally (Flask dev server) against private PostgreSQL and Redis
 	eval "$$($(PY) -m devstack up)"
