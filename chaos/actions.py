@@ -53,8 +53,17 @@ def kill_main(unit: str, group: str, configuration: dict) -> str:
 
 
 def kill_units(pattern: str, group: str, configuration: dict, signal: str = "KILL") -> str:
-    """A signal to every process of every unit matching the pattern (all instances at once)."""
-    return ssh(host(configuration, group), f"systemctl kill --signal={signal} {shlex.quote(pattern)}")
+    """A signal to every process of every unit matching the pattern (all instances at once),
+    read from each unit's cgroup. Not `systemctl kill`: on the lab's nspawn hosts (cgroup v1)
+    it signals the main processes but then fails on the rest with "Failed to send signal
+    SIGKILL to auxiliary processes: Input/output error"."""
+    units = f"systemctl list-units --plain --no-legend {shlex.quote(pattern)} | cut -d' ' -f1"
+    procs = "cat /sys/fs/cgroup/systemd$cg/cgroup.procs /sys/fs/cgroup$cg/cgroup.procs 2>/dev/null"
+    return ssh(
+        host(configuration, group),
+        f"pids=$(for u in $({units}); do cg=$(systemctl show -p ControlGroup --value $u); {procs}; done | sort -u); "
+        f'[ -n "$pids" ] && kill -s {shlex.quote(signal)} $pids',
+    )
 
 
 def signal_main(unit: str, signal: str, group: str, configuration: dict) -> str:
