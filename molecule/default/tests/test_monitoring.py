@@ -311,6 +311,22 @@ def test_a_lock_others_wait_for_is_exported_with_its_age(host):
     assert re.search(r"^pg_lock_waits_oldest_blocker_seconds(\{[^}]*\})? 0$", after, re.M), after
 
 
+def test_a_hung_redis_is_reported_down_not_missing(host):
+    """A Redis that accepts but never answers (SIGSTOP): the exporter gives up before
+    Prometheus' scrape timeout and says redis_up 0, so RedisDown can fire (with the exporter's
+    default 15 s the whole scrape timed out and redis_up vanished: chaos 06-redis-hang). ~5 s."""
+    cache = hosts_in(host, "cache")[0]
+    cache.check_output("systemctl kill --kill-whom=main --signal=STOP redis-server.service")
+    try:
+        started = time.monotonic()
+        text = exporter_metrics(cache, "/etc/default/prometheus-redis-exporter")
+        took = time.monotonic() - started
+    finally:
+        cache.check_output("systemctl kill --kill-whom=main --signal=CONT redis-server.service")
+    assert re.search(r"^redis_up 0$", text, re.M), text[-2000:]
+    assert took < 10, f"the exporter took {took:.1f} s: Prometheus' scrape would have timed out"
+
+
 # --- Logs from a browser ----------------------------------------------------------------------
 
 
