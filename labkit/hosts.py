@@ -13,7 +13,7 @@ SUBNET = "10.213.0.0/24"
 AIO_NAME = "lab-aio"
 AIO_ADDRESS = "10.213.0.10"
 DEFAULT_TARGET = f"http://{AIO_ADDRESS}"
-# The fresh host `make restore-drill` (and loadtests/rpo.py) restores onto: made and removed
+# The fresh host `make restore-drill` (and lab/rpo.py) restores onto: made and removed
 # by each run.
 DRILL_NAME = "lab-drill"
 DRILL_ADDRESS = "10.213.0.11"
