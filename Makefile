@@ -20,8 +20,9 @@ APT_PACKAGES := python3-venv python3-dev gcc libpq-dev postgresql pgbouncer redi
 LAB_AIO     := $(shell cd $(ROOT) && python3 -c 'from labkit.hosts import AIO_NAME, AIO_ADDRESS; print(AIO_NAME, AIO_ADDRESS)')
 LAB_HOST    := $(word 1,$(LAB_AIO))=$(word 2,$(LAB_AIO))
 LAB_ADDR    := $(word 2,$(LAB_AIO))
-# The fresh host `make restore-drill` restores onto (made and removed by the target).
-DRILL_HOST  := lab-drill=10.213.0.11
+# The fresh host `make restore-drill` restores onto (made and removed by the target): labkit/hosts.py.
+LAB_DRILL   := $(shell cd $(ROOT) && python3 -c 'from labkit.hosts import DRILL_NAME, DRILL_ADDRESS; print(DRILL_NAME, DRILL_ADDRESS)')
+DRILL_HOST  := $(word 1,$(LAB_DRILL))=$(word 2,$(LAB_DRILL))
 DRILL_INVENTORY := inventories/lab
 RESTORE_TARGET ?=
 # make canary-demo's host: make up's by default, any converged host's inventory and address.
@@ -29,7 +30,7 @@ CANARY_INVENTORY ?= ansible/inventories/lab
 CANARY_ADDR ?= $(LAB_ADDR)
 export ANSIBLE_CONFIG := $(ROOT)/ansible/ansible.cfg
 
-.PHONY: help deps venv requirements lint test test-service test-molecule test-cluster up down dev seed clean loadtest bench openloop restore-drill chaos canary-demo
+.PHONY: help deps venv requirements lint test test-service test-molecule test-cluster up down dev seed clean loadtest bench openloop restore-drill chaos canary-demo chaos-cluster
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -130,6 +131,13 @@ chaos: venv ## the chaos suite against the lab host: every experiment under traf
 
 canary-demo: venv ## after make up: a bad release rolled back by its canary, a good one promoted, a rolling deploy, rollback.yml, under steady load (CANARY_INVENTORY= CANARY_ADDR= CANARY_ARGS=...)
 	cd $(ROOT) && $(PY) -m loadtests.canary_demo --inventory $(CANARY_INVENTORY) --target http://$(CANARY_ADDR) $(CANARY_ARGS)
+
+# The five-host lab of the network faults (tc netem, nftables partitions): its inventory, like
+# ansible/inventories/lab-cluster (a copy with other names and addresses under .lab-inv/ works).
+CHAOS_CLUSTER_INVENTORY ?= ansible/inventories/lab-cluster
+chaos-cluster: venv ## the network experiments against the five-host lab -> docs/chaos-cluster.md (CHAOS_CLUSTER_INVENTORY=..., CHAOS_ARGS=...)
+	$(PY) -m pip install -q "$$(grep '^matplotlib==' $(ROOT)/loadtests/requirements.txt)"
+	cd $(ROOT) && $(PY) -m chaos.run --suite cluster --inventory $(CHAOS_CLUSTER_INVENTORY) $(CHAOS_ARGS)
 
 dev: venv ## run the service locally (Flask dev server) against private PostgreSQL and Redis
 	eval "$$($(PY) -m devstack up)"

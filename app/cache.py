@@ -11,8 +11,12 @@ a hit, appends the click to the stream in the same call.
 
 Every call has a short socket timeout. After a few consecutive failures the breaker opens and
 the service stops calling Redis for a while, so no request waits on a dead Redis; after the
-pause one call probes it. When the breaker closes again the cache is emptied, because
-invalidations made while Redis was unreachable were lost.
+pause one call probes it. When the breaker closes again, the invalidations this process could
+not make while Redis was unreachable are made then (tombstones), before anything reads the
+cache; only when there were too many to keep is the whole link cache emptied. Not the whole
+cache every time: a worker that saw Redis fail once and then had no Redis call for minutes
+probes long after Redis is back, and emptying the cache then (once during a database outage)
+took every cached redirect down with it (make chaos, 08-pgbouncer-stop).
 """
 
 from __future__ import annotations
@@ -40,6 +44,9 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 KEY_PREFIX = "shortener:url:"
+# Invalidations a process keeps while Redis is unreachable; past this it empties the whole link
+# cache when Redis is back instead.
+LOST_INVALIDATIONS_MAX = 10_000
 NEGATIVE = "-"
 TOMBSTONE = "!"
 
@@ -167,6 +174,9 @@ class Cache:
         self.tombstone_ttl = tombstone_ttl
         self.stream = stream
         self.client: redis.Redis | None = None
+        self._lost: set[str] = set()  # codes whose invalidation failed, made again on recovery
+        self._lost_overflow = False
+        self._lost_lock = threading.Lock()
         if self.enabled:
             self.client = redis.Redis.from_url(
                 url,
@@ -193,13 +203,13 @@ class Cache:
             raise Unavailable("redis is not configured")
         if not self.breaker.allow():
             raise Unavailable("redis circuit breaker is open")
-        # allow() let this call through an open breaker: it is the probe. Empty the cache
-        # before anything reads it, since invalidations made during the outage were lost.
+        # allow() let this call through an open breaker: it is the probe. Make the
+        # invalidations lost during the outage before anything reads the cache.
         probing = self.breaker.is_open
         try:
             if probing:
                 self.client.ping()
-                self._flush_links()
+                self._replay_lost()
             result = fn(self.client)
         except RedisError as exc:
             if self.breaker.failure():
@@ -207,9 +217,24 @@ class Cache:
             metrics.DEPENDENCY_UP.labels("cache").set(0)
             raise Unavailable(str(exc)) from exc
         if self.breaker.success():
-            log.warning("redis is back, circuit breaker closed; the link cache was emptied")
+            log.warning("redis is back, circuit breaker closed; lost invalidations made again")
             metrics.DEPENDENCY_UP.labels("cache").set(1)
         return result
+
+    def _replay_lost(self) -> None:
+        assert self.client is not None
+        with self._lost_lock:
+            codes, overflow = set(self._lost), self._lost_overflow
+        if overflow:
+            self._flush_links()
+        elif codes:
+            with self.client.pipeline(transaction=False) as pipe:
+                for code in codes:
+                    pipe.set(KEY_PREFIX + code, TOMBSTONE, ex=self.tombstone_ttl)
+                pipe.execute()
+        with self._lost_lock:  # only once they are made: a failed probe keeps them
+            self._lost -= codes
+            self._lost_overflow = self._lost_overflow and not overflow
 
     def _flush_links(self) -> None:
         assert self.client is not None
@@ -267,4 +292,12 @@ class Cache:
     def invalidate(self, code: str) -> None:
         """Called after the change is committed: every instance sees it on its next read."""
         key = KEY_PREFIX + code
-        self.call(lambda r: r.set(key, TOMBSTONE, ex=self.tombstone_ttl))
+        try:
+            self.call(lambda r: r.set(key, TOMBSTONE, ex=self.tombstone_ttl))
+        except Unavailable:
+            with self._lost_lock:
+                if len(self._lost) < LOST_INVALIDATIONS_MAX:
+                    self._lost.add(code)
+                else:
+                    self._lost_overflow = True
+            raise

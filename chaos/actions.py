@@ -53,8 +53,17 @@ def kill_main(unit: str, group: str, configuration: dict) -> str:
 
 
 def kill_units(pattern: str, group: str, configuration: dict, signal: str = "KILL") -> str:
-    """A signal to every process of every unit matching the pattern (all instances at once)."""
-    return ssh(host(configuration, group), f"systemctl kill --signal={signal} {shlex.quote(pattern)}")
+    """A signal to every process of every unit matching the pattern (all instances at once),
+    read from each unit's cgroup. Not `systemctl kill`: on the lab's nspawn hosts (cgroup v1)
+    it signals the main processes but then fails on the rest with "Failed to send signal
+    SIGKILL to auxiliary processes: Input/output error"."""
+    units = f"systemctl list-units --plain --no-legend {shlex.quote(pattern)} | cut -d' ' -f1"
+    procs = "cat /sys/fs/cgroup/systemd$cg/cgroup.procs /sys/fs/cgroup$cg/cgroup.procs 2>/dev/null"
+    return ssh(
+        host(configuration, group),
+        f"pids=$(for u in $({units}); do cg=$(systemctl show -p ControlGroup --value $u); {procs}; done | sort -u); "
+        f'[ -n "$pids" ] && kill -s {shlex.quote(signal)} $pids',
+    )
 
 
 def signal_main(unit: str, signal: str, group: str, configuration: dict) -> str:
@@ -151,6 +160,65 @@ def reboot(group: str, configuration: dict) -> str:
     return subprocess.run(
         ["python3", str(ROOT / "lab" / "lab.py"), "restart", names[0]], capture_output=True, text=True, check=True
     ).stdout
+
+
+# --- network faults (the five-host lab: make chaos-cluster) --------------------------------------
+
+PARTITION_TABLE = "chaos_partition"  # the nftables table of a partition, removed by its heal
+
+
+def peers(configuration: dict, group: str, only_first: bool) -> list[str]:
+    members = inventory_hosts(Path(configuration["inventory"]))[group]
+    return members[:1] if only_first else members
+
+
+def partition(group: str, peer_group: str, configuration: dict, only_first_peer: bool = False) -> str:
+    """Every packet between the hosts of `group` and those of `peer_group` (or its first host)
+    dropped, both ways, on each host of `group`: a table of its own at a priority before the
+    firewall's, so established connections stop too (a cut cable, not a refusal)."""
+    addresses = ", ".join(peers(configuration, peer_group, only_first_peer))
+    rules = (
+        f"table inet {PARTITION_TABLE} {{\n"
+        f"  chain input {{ type filter hook input priority -10; ip saddr {{ {addresses} }} drop; }}\n"
+        f"  chain output {{ type filter hook output priority -10; ip daddr {{ {addresses} }} drop; }}\n"
+        "}\n"
+    )
+    return "".join(ssh(member, "nft -f -", stdin=rules) for member in peers(configuration, group, False))
+
+
+def heal_partition(group: str, configuration: dict) -> str:
+    return "".join(
+        ssh(member, f"nft delete table inet {PARTITION_TABLE}", check=False)
+        for member in peers(configuration, group, False)
+    )
+
+
+def delay(group: str, peer_group: str, ms: int, configuration: dict) -> str:
+    """tc netem: `ms` added to every packet the hosts of `group` send to those of `peer_group`
+    (a prio qdisc whose third band, the one the filter picks, delays). Needs the kernel's
+    sch_prio and sch_netem: the development machine's kernel has neither (docs/chaos-suite.md)."""
+    out = []
+    for member in peers(configuration, group, False):
+        for address in peers(configuration, peer_group, False):
+            dev = f"$(ip -o route get {address} | grep -o 'dev [^ ]*' | cut -d' ' -f2)"
+            out.append(
+                ssh(
+                    member,
+                    f"dev={dev}; tc qdisc replace dev $dev root handle 1: prio && "
+                    f"tc qdisc replace dev $dev parent 1:3 handle 30: netem delay {int(ms)}ms && "
+                    f"tc filter add dev $dev protocol ip parent 1:0 prio 3 u32 match ip dst {address}/32 flowid 1:3",
+                )
+            )
+    return "".join(out)
+
+
+def undelay(group: str, peer_group: str, configuration: dict) -> str:
+    out = []
+    for member in peers(configuration, group, False):
+        for address in peers(configuration, peer_group, False):
+            dev = f"$(ip -o route get {address} | grep -o 'dev [^ ]*' | cut -d' ' -f2)"
+            out.append(ssh(member, f"tc qdisc del dev {dev} root", check=False))
+    return "".join(out)
 
 
 # --- the Discord sink ----------------------------------------------------------------------------

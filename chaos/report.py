@@ -9,9 +9,17 @@ from pathlib import Path
 from chaos.lab import ROOT, Answer
 from chaos.measure import Row, failed
 
-DOC = ROOT / "docs" / "chaos.md"
 IMG = ROOT / "docs" / "img" / "chaos"
-RESULTS = ROOT / "docs" / "img" / "chaos" / "results.json"
+
+
+def doc_path(suite: str) -> Path:
+    """docs/chaos.md for the all-in-one suite, docs/chaos-<suite>.md for the others."""
+    return ROOT / "docs" / ("chaos.md" if suite == "aio" else f"chaos-{suite}.md")
+
+
+def results_path(suite: str) -> Path:
+    """The rows of the last run of a suite, so that --only reruns keep the others."""
+    return IMG / ("results.json" if suite == "aio" else f"results-{suite}.json")
 
 
 def timeline(row: Row, answers: list[Answer]) -> Path:
@@ -60,16 +68,16 @@ def _seconds(value: float | None, missing: str) -> str:
     return missing if value is None else f"{value:.0f} s"
 
 
-def save(rows: list[Row]) -> None:
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps([asdict(r) for r in rows], indent=1) + "\n")
+def save(rows: list[Row], suite: str) -> None:
+    results_path(suite).parent.mkdir(parents=True, exist_ok=True)
+    results_path(suite).write_text(json.dumps([asdict(r) for r in rows], indent=1) + "\n")
 
 
-def load() -> list[Row]:
-    return [Row(**r) for r in json.loads(RESULTS.read_text())]
+def load(suite: str) -> list[Row]:
+    return [Row(**r) for r in json.loads(results_path(suite).read_text())]
 
 
-def write(rows: list[Row], header: str) -> Path:
+def write(rows: list[Row], header: str, suite: str) -> Path:
     lines = [
         "# Chaos suite results",
         "",
@@ -92,5 +100,5 @@ def write(rows: list[Row], header: str) -> Path:
             f"| {_seconds(r.recovery, 'not within the run')} | {alert} | {r.creates_acked} / {r.creates_lost} "
             f"| {r.clicks_answered} / {r.clicks_lost} | {r.p99_fault_ms:.0f} ms |"
         )
-    DOC.write_text("\n".join(lines) + "\n")
-    return DOC
+    doc_path(suite).write_text("\n".join(lines) + "\n")
+    return doc_path(suite)

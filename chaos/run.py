@@ -131,14 +131,14 @@ def run_one(path: Path, inventory: Path, headers: dict[str, str]) -> tuple[Row, 
     return row, answers
 
 
-def header(inventory: Path) -> str:
+def header(inventory: Path, shared_by: int) -> str:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT)
     dirty = subprocess.run(["git", "status", "--porcelain"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
     hosts = ", ".join(f"{g}: {' '.join(a)}" for g, a in sorted(inventory_hosts(inventory).items()))
     return (
         f"Run {datetime.now(UTC):%Y-%m-%d %H:%M} UTC at commit {commit.stdout.strip()}"
         f"{' (with uncommitted changes)' if dirty else ''}, inventory `{inventory.relative_to(ROOT)}` ({hosts}); "
-        f"machine: {os.cpu_count()} cores shared by six workers, load average before the run "
+        f"machine: {os.cpu_count()} cores shared by {shared_by} workers, load average before the run "
         f"{Path('/proc/loadavg').read_text().split()[0]} (`uptime`). Traffic per second: "
         + ", ".join(f"{kind} {rate:g}" for kind, rate in RATES.items())
         + "."
@@ -150,16 +150,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--suite", default="aio", choices=sorted(p.name for p in EXPERIMENTS.iterdir() if p.is_dir()))
     parser.add_argument("--inventory", type=Path, default=ROOT / "ansible" / "inventories" / "lab")
     parser.add_argument("--only", nargs="*", help="experiment names (file stems) to run")
-    parser.add_argument("--report-only", action="store_true", help="rewrite docs/chaos.md from the saved results")
+    parser.add_argument("--shared-by", type=int, default=5, help="workers sharing the machine (for the header)")
+    parser.add_argument("--report-only", action="store_true", help="rewrite the suite's report from the saved results")
     args = parser.parse_args(argv)
     inventory = args.inventory.resolve()
     if args.report_only:
-        report.write(report.load(), header(inventory))
+        report.write(report.load(args.suite), header(inventory, args.shared_by), args.suite)
         return 0
     key = os.environ.get("SHORTENER_API_KEY") or KEY_FILE.read_text().strip()
     headers = {"Authorization": f"Bearer {key}"}
-    head = header(inventory)
-    kept = report.load() if args.only is not None and report.RESULTS.exists() else []
+    head = header(inventory, args.shared_by)
+    kept = report.load(args.suite) if args.only is not None and report.results_path(args.suite).exists() else []
     rows = [r for r in kept if r.name not in (args.only or [])]
     for path in sorted((EXPERIMENTS / args.suite).glob("*.yaml")):
         if args.only is None or path.stem in args.only:
@@ -168,9 +169,9 @@ def main(argv: list[str] | None = None) -> int:
             except (RuntimeError, requests.RequestException) as error:
                 print(f"    {path.stem} did not run: {error}", file=sys.stderr, flush=True)
                 continue
-            report.save(sorted(rows, key=lambda r: r.name))
-            report.write(sorted(rows, key=lambda r: r.name), head)
-    print(report.write(sorted(rows, key=lambda r: r.name), head))
+            report.save(sorted(rows, key=lambda r: r.name), args.suite)
+            report.write(sorted(rows, key=lambda r: r.name), head, args.suite)
+    print(report.write(sorted(rows, key=lambda r: r.name), head, args.suite))
     bad = [r.name for r in rows if r.creates_lost or r.clicks_lost]
     if bad:
         print(f"acknowledged creates or clicks lost in: {bad}", file=sys.stderr)

@@ -13,6 +13,10 @@ SUBNET = "10.213.0.0/24"
 AIO_NAME = "lab-aio"
 AIO_ADDRESS = "10.213.0.10"
 DEFAULT_TARGET = f"http://{AIO_ADDRESS}"
+# The fresh host `make restore-drill` (and lab/rpo.py) restores onto: made and removed
+# by each run.
+DRILL_NAME = "lab-drill"
+DRILL_ADDRESS = "10.213.0.11"
 
 STATE_DIR = "/var/lib/shortener-lab"
 # The key lab.py puts into every host's /root/.ssh/authorized_keys.

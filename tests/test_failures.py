@@ -94,9 +94,28 @@ def test_invalidations_lost_while_redis_hung_are_not_served_stale(app_factory, m
     assert app.extensions["shortener"].cache.breaker.is_open
     assert client.get(f"/{url['short_code']}").status_code == 404
     time.sleep(1.7)
-    # The breaker's probe succeeds, and the cache written before the outage is emptied.
+    # The breaker's probe succeeds and makes the lost invalidation before anything reads.
     assert client.get(f"/{url['short_code']}").status_code == 404
     assert client.get("/health").get_json()["cache"] == "ok"
+
+
+def test_a_late_probe_keeps_the_cache_of_links_nobody_changed(app_factory, make_url, redis):
+    """A breaker that opened on a short Redis hiccup and probes much later (a worker with no
+    Redis call meanwhile) must not empty the link cache: nothing was lost. Emptying it once
+    took every cached redirect down during a database outage (make chaos, 08-pgbouncer-stop)."""
+    app = app_factory(redis_socket_timeout=0.1, breaker_failure_threshold=1, breaker_reset_seconds=0.3)
+    client = app.test_client()
+    kept, changed = make_url(), make_url()
+    for url in (kept, changed):
+        client.get(f"/{url['short_code']}")
+        assert redis.get(KEY_PREFIX + url["short_code"]) is not None
+    redis.execute_command("CLIENT", "PAUSE", "600", "ALL")
+    assert client.put(f"/urls/{changed['id']}", json={"is_active": False}).status_code == 200
+    assert app.extensions["shortener"].cache.breaker.is_open
+    time.sleep(1.5)  # Redis long back; this instance has not called it since
+    assert client.get("/health").get_json()["cache"] == "ok"  # its ping is the probe
+    assert redis.get(KEY_PREFIX + kept["short_code"]) is not None  # not emptied
+    assert client.get(f"/{changed['short_code']}").status_code == 404  # the lost one made
 
 
 def test_postgres_down_health_is_503_and_api_errors_are_json(app_factory, clean, make_url):

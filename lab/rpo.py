@@ -1,6 +1,7 @@
 """RPO measured: acknowledged writes lost when the database host dies without a clean shutdown.
 
-    python loadtests/rpo.py --host lab-aio=10.213.0.10 --drill lab-drill=10.213.0.11
+    python -m lab.rpo        # make up's host and the drill host of labkit.hosts
+    python -m lab.rpo --host NAME=ADDRESS --drill NAME=ADDRESS --inventory PATH
 
 1. Creates links (POST /urls with the admin key) at a fixed rate for --seconds and records each
    acknowledged one (201) with the time it was acknowledged.
@@ -31,12 +32,14 @@ import time
 import uuid
 from pathlib import Path
 
-import apikey
-import labssh
 import requests
 
+from lab import cli as LAB  # this tool itself: PID 1 of a host, its root filesystem
+from lab.hosts import Lab
+from labkit.hosts import AIO_ADDRESS, AIO_NAME, DRILL_ADDRESS, DRILL_NAME
+from loadtests import apikey, labssh
+
 ROOT = Path(__file__).resolve().parents[1]
-LAB = labssh._lab  # the lab tool's own module, loaded once by labssh
 PG_UNIT = "postgresql@15-main.service"
 ANSIBLE_PLAYBOOK = str(ROOT / ".venv/bin/ansible-playbook")
 
@@ -79,7 +82,7 @@ class Writer(threading.Thread):
                 self.stopping.wait(delay)
 
 
-def power_cut(lab, name: str) -> float:
+def power_cut(lab: Lab, name: str) -> float:
     pid = lab.init_pid(name)
     if pid is None:
         raise SystemExit(f"{name}: no PID 1 found (is it up?)")
@@ -92,7 +95,7 @@ def power_cut(lab, name: str) -> float:
     return killed
 
 
-def set_postgresql_masked(lab, name: str, masked: bool) -> None:
+def set_postgresql_masked(lab: Lab, name: str, masked: bool) -> None:
     """Masks (or unmasks) PostgreSQL in the stopped host's own filesystem, before it boots."""
     root = lab.machine_dir(name)
     if not (root / "etc/machine-id").exists():  # an overlay host whose root is not mounted
@@ -107,7 +110,7 @@ def set_postgresql_masked(lab, name: str, masked: bool) -> None:
 
 def restore(inventory: str, drill: tuple[str, str]) -> None:
     extra = {"restore_drill_name": drill[0], "restore_drill_address": drill[1], "restore_drill_compare": False}
-    subprocess.run(
+    subprocess.run(  # noqa: S603 (the project's own ansible-playbook, our arguments)
         [
             str(ROOT / ".venv/bin/ansible-playbook"),
             "-i",
@@ -123,16 +126,16 @@ def restore(inventory: str, drill: tuple[str, str]) -> None:
 
 
 def restored_codes(drill_address: str, run_id: str) -> set[str]:
-    query = f"SELECT short_code FROM urls WHERE original_url LIKE 'https://example.com/rpo/{run_id}/%'"
+    query = f"SELECT short_code FROM urls WHERE original_url LIKE 'https://example.com/rpo/{run_id}/%'"  # noqa: S608 (run_id is our uuid hex)
     out = labssh.ssh(drill_address, f'runuser -u postgres -- psql -X -At -d shortener -c "{query}"')
     return set(out.split())
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--host", type=parse_host, default=("lab-aio", "10.213.0.10"), help="NAME=ADDRESS of the stack")
+    parser.add_argument("--host", type=parse_host, default=(AIO_NAME, AIO_ADDRESS), help="NAME=ADDRESS of the stack")
     parser.add_argument(
-        "--drill", type=parse_host, default=("lab-drill", "10.213.0.11"), help="NAME=ADDRESS to restore on"
+        "--drill", type=parse_host, default=(DRILL_NAME, DRILL_ADDRESS), help="NAME=ADDRESS to restore on"
     )
     parser.add_argument("--inventory", default="inventories/lab", help="inventory of the stack (relative to ansible/)")
     parser.add_argument("--rate", type=float, default=20.0, help="links created per second")
@@ -150,7 +153,7 @@ def main() -> int:
     acked = [(code, at) for code, at in writer.acked if at <= killed]
 
     set_postgresql_masked(lab, args.host[0], True)
-    subprocess.run(["python3", str(ROOT / "lab/lab.py"), "up", f"{args.host[0]}={args.host[1]}"], check=True)
+    subprocess.run(["python3", str(ROOT / "lab/lab.py"), "up", f"{args.host[0]}={args.host[1]}"], check=True)  # noqa: S603, S607 (this tool)
     try:
         started = time.time()
         restore(args.inventory, args.drill)
