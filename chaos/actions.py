@@ -94,11 +94,27 @@ def wait_healthy(configuration: dict, timeout: float = 180) -> float:
     raise RuntimeError(f"/health not 200 within {timeout:.0f} s")
 
 
-def lock_urls(seconds: int, configuration: dict) -> str:
-    """A session holds ACCESS EXCLUSIVE on urls: every read and write of the table waits."""
+def lock_urls(seconds: int, configuration: dict, timeout: float = 15) -> str:
+    """A session holds ACCESS EXCLUSIVE on urls: every read and write of the table waits.
+
+    Returns once PostgreSQL shows the lock granted, or fails: the first run's command
+    (`nohup PGAPPNAME=… runuser …`) made nohup look for a program named "PGAPPNAME=…", so no
+    lock was ever taken, nothing failed and no page came (12-urls-lock, docs/chaos-suite.md)."""
     sql = f"BEGIN; LOCK TABLE urls IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep({int(seconds)}); COMMIT;"
-    cmd = f"PGAPPNAME={LOCKER} runuser -u postgres -- psql -d shortener -Xqc {shlex.quote(sql)}"
-    return ssh(host(configuration), f"nohup {cmd} >/dev/null 2>&1 &")
+    conninfo = shlex.quote(f"dbname=shortener application_name={LOCKER}")
+    cmd = f"runuser -u postgres -- psql {conninfo} -Xqc {shlex.quote(sql)}"
+    ssh(host(configuration), f"nohup {cmd} >/dev/null 2>&1 &")
+    held = (
+        "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid) "
+        f"WHERE a.application_name = '{LOCKER}' AND l.relation = 'urls'::regclass "
+        "AND l.mode = 'AccessExclusiveLock' AND l.granted"
+    )
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if psql(host(configuration), held) == "1":
+            return f"ACCESS EXCLUSIVE on urls held after {time.monotonic() - start:.1f} s"
+        time.sleep(0.5)
+    raise RuntimeError(f"the lock on urls was not granted within {timeout:.0f} s")
 
 
 def unlock_urls(configuration: dict) -> str:
