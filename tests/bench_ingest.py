@@ -1,6 +1,6 @@
 """How fast the click worker empties the stream: clicks written per second (docs/analytics.md).
 
-    .venv/bin/python -m tests.bench_ingest --clicks 20000 --workers 1
+    .venv/bin/python -m tests.bench_ingest --clicks 20000 --workers 1 --threads 2
 
 Uses the dev stack of the service tests (the SHORTENER_TEST_* ports; it starts it if needed),
 empties its database, queues ``--clicks`` clicks over 100 links with 40 user agents (real
@@ -70,7 +70,10 @@ def make_settings_from(urls: tuple[str, str]):
         database_url, redis_url = urls
 
     threads = int(os.environ.get("BENCH_THREADS", "1"))  # absent before the analytics: 1
-    return make_settings(_Stack(), clickworker_batch_size=500, clickworker_block_ms=200, clickworker_threads=threads)
+    overrides = {"clickworker_block_ms": 200, "clickworker_threads": threads}
+    if os.environ.get("BENCH_BATCH"):  # else the code's own default
+        overrides["clickworker_batch_size"] = int(os.environ["BENCH_BATCH"])
+    return make_settings(_Stack(), **overrides)
 
 
 def main() -> None:
@@ -78,8 +81,11 @@ def main() -> None:
     parser.add_argument("--clicks", type=int, default=20000)
     parser.add_argument("--workers", type=int, default=1, help="processes")
     parser.add_argument("--threads", type=int, default=1, help="consumers (threads) per process")
+    parser.add_argument("--batch", type=int, default=0, help="clicks per batch (default: the code's default)")
     args = parser.parse_args()
     os.environ["BENCH_THREADS"] = str(args.threads)
+    if args.batch:
+        os.environ["BENCH_BATCH"] = str(args.batch)
     stack = DevStack()
     stack.start()
     from app import create_app
@@ -123,10 +129,11 @@ def main() -> None:
     with conn.cursor() as cur:
         cur.execute("SELECT count(*) FROM events WHERE event_type = 'click'")
         written = cur.fetchone()[0]
+    batch = make_settings_from((stack.database_url, stack.redis_url)).clickworker_batch_size
     print(
-        f"{written} of {args.clicks} clicks written by {args.workers} process(es) x {args.threads} thread(s)"
-        f" in {elapsed:.2f} s: "
-        f"{written / elapsed:.0f} clicks/s"
+        f"{written} of {args.clicks} clicks written by {args.workers} process(es) x {args.threads} thread(s),"
+        f" batches of {batch}, in {elapsed:.2f} s: {written / elapsed:.0f} clicks/s;"
+        f" load average {os.getloadavg()[0]:.2f}"
     )
 
 
