@@ -3,7 +3,8 @@
     .venv/bin/python -m tests.bench_ingest --clicks 20000 --workers 1 --threads 2
 
 Uses the dev stack of the service tests (the SHORTENER_TEST_* ports; it starts it if needed),
-empties its database, queues ``--clicks`` clicks over 100 links with 40 user agents (real
+empties its database, queues ``--clicks`` clicks over ``--links`` links (100; 1 is
+``make bench``'s hot phase: every batch updates the same rollup rows) with 40 user agents (real
 traffic repeats a few) and 5,000 addresses, then times ``--workers`` worker processes until the
 stream is empty and every click is in ``events``. Not a test: a measurement to repeat.
 """
@@ -47,7 +48,7 @@ def _work(name: str, stack_urls: tuple[str, str], ready) -> None:
         pass
     ready.wait()
     settings = make_settings_from(stack_urls)
-    db = Database(settings.database_url, 4, 10, 3)
+    db = Database(settings.database_url, max(4, settings.clickworker_threads + 1), 10, 3)
     client = redis_lib.Redis.from_url(settings.redis_url, decode_responses=True)
     threads = []
     for i in range(getattr(settings, "clickworker_threads", 1)):
@@ -70,7 +71,7 @@ def make_settings_from(urls: tuple[str, str]):
         database_url, redis_url = urls
 
     threads = int(os.environ.get("BENCH_THREADS", "1"))  # absent before the analytics: 1
-    overrides = {"clickworker_block_ms": 200, "clickworker_threads": threads}
+    overrides = {"clickworker_block_ms": 50, "clickworker_threads": threads}
     if os.environ.get("BENCH_BATCH"):  # else the code's own default
         overrides["clickworker_batch_size"] = int(os.environ["BENCH_BATCH"])
     return make_settings(_Stack(), **overrides)
@@ -81,6 +82,7 @@ def main() -> None:
     parser.add_argument("--clicks", type=int, default=20000)
     parser.add_argument("--workers", type=int, default=1, help="processes")
     parser.add_argument("--threads", type=int, default=1, help="consumers (threads) per process")
+    parser.add_argument("--links", type=int, default=100, help="links the clicks are spread over")
     parser.add_argument("--batch", type=int, default=0, help="clicks per batch (default: the code's default)")
     args = parser.parse_args()
     os.environ["BENCH_THREADS"] = str(args.threads)
@@ -98,7 +100,8 @@ def main() -> None:
     with conn.cursor() as cur:
         cur.execute(
             "INSERT INTO urls (short_code, original_url) SELECT 'b' || g, 'https://example.com/' || g"
-            " FROM generate_series(1, 100) g"
+            " FROM generate_series(1, %s) g",
+            (args.links,),
         )
     settings = make_settings(stack)
     client = redis_lib.Redis.from_url(stack.redis_url, decode_responses=True)
@@ -107,7 +110,7 @@ def main() -> None:
     now = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
     pipe = client.pipeline(transaction=False)
     for i in range(args.clicks):
-        link = rng.randint(1, 100)
+        link = rng.randint(1, args.links)
         fields = {"c": f"{i:024x}", "u": str(link), "o": "", "t": now, "r": "https://news.example/x"}
         fields |= {"a": rng.choice(AGENTS), "s": f"b{link}", "q": "", "i": f"10.0.{rng.randint(0, 19)}.{i % 250}"}
         pipe.xadd(settings.click_stream, fields)
@@ -131,7 +134,8 @@ def main() -> None:
         written = cur.fetchone()[0]
     batch = make_settings_from((stack.database_url, stack.redis_url)).clickworker_batch_size
     print(
-        f"{written} of {args.clicks} clicks written by {args.workers} process(es) x {args.threads} thread(s),"
+        f"{written} of {args.clicks} clicks over {args.links} link(s) written by {args.workers} process(es)"
+        f" x {args.threads} thread(s),"
         f" batches of {batch}, in {elapsed:.2f} s: {written / elapsed:.0f} clicks/s;"
         f" load average {os.getloadavg()[0]:.2f}"
     )
