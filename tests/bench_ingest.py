@@ -6,7 +6,10 @@ Uses the dev stack of the service tests (the SHORTENER_TEST_* ports; it starts i
 empties its database, queues ``--clicks`` clicks over ``--links`` links (100; 1 is
 ``make bench``'s hot phase: every batch updates the same rollup rows) with 40 user agents (real
 traffic repeats a few) and 5,000 addresses, then times ``--workers`` worker processes until the
-stream is empty and every click is in ``events``. Not a test: a measurement to repeat.
+stream is empty and every click is in ``events``. Besides the rate it prints the CPU time the
+work took, per 1,000 clicks: the worker processes, PostgreSQL (the postmaster and every backend),
+PgBouncer and Redis. On a machine shared with other work the rate follows the load; the CPU per
+click does much less. Not a test: a measurement to repeat.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ AGENTS = (
 )
 
 
-def _work(name: str, stack_urls: tuple[str, str], ready) -> None:
+def _work(name: str, stack_urls: tuple[str, str], ready, cpu) -> None:
     try:  # as the worker's main() does before its loop (absent before the analytics)
         from app import clickparse
 
@@ -47,6 +50,7 @@ def _work(name: str, stack_urls: tuple[str, str], ready) -> None:
     except ImportError:
         pass
     ready.wait()
+    started = time.process_time()  # every thread of this process, from here on
     settings = make_settings_from(stack_urls)
     db = Database(settings.database_url, max(4, settings.clickworker_threads + 1), 10, 3)
     client = redis_lib.Redis.from_url(settings.redis_url, decode_responses=True)
@@ -59,11 +63,47 @@ def _work(name: str, stack_urls: tuple[str, str], ready) -> None:
     for thread in threads:
         thread.join()
     db.close()
+    with cpu.get_lock():
+        cpu.value += time.process_time() - started
 
 
 def _drain(worker: clickworker.ClickWorker) -> None:
     while worker.step():
         pass
+
+
+def _ticks(pid: int) -> int:
+    """utime + stime of a process and of its children it has waited for, in clock ticks."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rpartition(")")[2].split()
+    return sum(int(f) for f in fields[11:15])
+
+
+def _daemon_cpu(stack: DevStack) -> dict[str, float]:
+    """CPU seconds so far of PostgreSQL (postmaster, backends, exited ones), PgBouncer and Redis."""
+    tick = os.sysconf("SC_CLK_TCK")
+    pids = {d.name: d.pid() for d in stack.daemons}
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as stat:
+                    ppid = int(stat.read().rpartition(")")[2].split()[1])
+            except OSError:
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    cpu = {}
+    for name, pid in pids.items():
+        tree, total = [pid], 0
+        while tree:
+            current = tree.pop()
+            try:
+                total += _ticks(current)
+            except OSError:
+                continue
+            tree.extend(children.get(current, []))
+        cpu[name] = total / tick
+    return cpu
 
 
 def make_settings_from(urls: tuple[str, str]):
@@ -118,17 +158,22 @@ def main() -> None:
             pipe.execute()
     pipe.execute()
     ready = multiprocessing.Barrier(args.workers + 1)
+    worker_cpu = multiprocessing.Value("d", 0.0)
     procs = [
-        multiprocessing.Process(target=_work, args=(f"bench-{n}", (stack.database_url, stack.redis_url), ready))
+        multiprocessing.Process(
+            target=_work, args=(f"bench-{n}", (stack.database_url, stack.redis_url), ready, worker_cpu)
+        )
         for n in range(args.workers)
     ]
     for proc in procs:
         proc.start()
     ready.wait()  # every worker started and warmed up
+    daemons_before = _daemon_cpu(stack)
     started = time.perf_counter()
     for proc in procs:
         proc.join()
     elapsed = time.perf_counter() - started
+    daemons_after = _daemon_cpu(stack)
     with conn.cursor() as cur:
         cur.execute("SELECT count(*) FROM events WHERE event_type = 'click'")
         written = cur.fetchone()[0]
@@ -138,6 +183,13 @@ def main() -> None:
         f" x {args.threads} thread(s),"
         f" batches of {batch}, in {elapsed:.2f} s: {written / elapsed:.0f} clicks/s;"
         f" load average {os.getloadavg()[0]:.2f}"
+    )
+    cpu = {name: daemons_after[name] - daemons_before[name] for name in daemons_after}
+    cpu["worker"] = worker_cpu.value
+    print(
+        "CPU ms per 1,000 clicks: "
+        + ", ".join(f"{name} {seconds * 1e6 / max(written, 1):.0f}" for name, seconds in cpu.items())
+        + f", all {sum(cpu.values()) * 1e6 / max(written, 1):.0f}"
     )
 
 
