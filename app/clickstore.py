@@ -24,7 +24,7 @@ import psycopg2.errors
 
 from app import clickparse, sql
 from app.config import Settings, get_settings
-from app.db import Database
+from app.db import Database, DatabaseUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -44,15 +44,24 @@ def forget() -> None:
         _partitions.clear()
 
 
-def _day_key(cur: Any, day: date) -> bytes:
+def _day_key(db: Database, day: date) -> bytes:
     known = _day_keys.get(day)
     if known is not None:
         return known
     # Another writer may store the day's key first: ON CONFLICT keeps theirs, and we read it.
-    # Remembered only after the commit (write), so a rolled-back key is never used again.
-    cur.execute(sql.INSERT_VISITOR_KEY, (day, secrets.token_bytes(32)))
-    cur.execute(sql.VISITOR_KEY, (day,))
-    return bytes(cur.fetchone()["key"])
+    # Each statement commits on its own (autocommit), so the key we remember is stored. A
+    # click days late may see the maintenance prune its day's key in between: the batch is
+    # then retried like one that met an outage, and stores the key again.
+    db.execute(sql.INSERT_VISITOR_KEY, (day, secrets.token_bytes(32)))
+    row = db.fetch_one(sql.VISITOR_KEY, (day,))
+    if row is None:
+        raise DatabaseUnavailable(f"the visitor key of {day} was pruned meanwhile")
+    key = bytes(row["key"])
+    with _lock:
+        if len(_day_keys) > 8:
+            _day_keys.clear()
+        _day_keys[day] = key
+    return key
 
 
 def _month(day: date) -> date:
@@ -100,20 +109,17 @@ def write(db: Database, rows: Iterable[dict[str, Any]], keep_addresses: bool) ->
 
 
 def _write(db: Database, batch: list[dict[str, Any]], days: list[date], keep_addresses: bool) -> int:
-    months = {_month(day) for day in days} - _partitions
-    with db.transaction() as cur:
-        keys = {day: _day_key(cur, day) for day in set(days)}
-        for month in months:
-            cur.execute(sql.CLICKS_PARTITION, (month,))
-        payload = [enrich(row, keys[day], keep_addresses) for row, day in zip(batch, days, strict=True)]
-        cur.execute(sql.WRITE_CLICKS, (json.dumps(payload, default=str),))
-        new = int(cur.fetchone()["events"])
-    with _lock:
-        _partitions.update(months)
-        if len(_day_keys) > 8:
-            _day_keys.clear()
-        _day_keys.update(keys)
-    return new
+    # Autocommit throughout: the day keys and partitions are idempotent and may commit on their
+    # own, and WRITE_CLICKS is one statement, so one transaction without BEGIN and COMMIT round
+    # trips through PgBouncer (docs/capacity.md, "Ingestion").
+    keys = {day: _day_key(db, day) for day in set(days)}
+    for month in {_month(day) for day in days} - _partitions:
+        db.fetch_one(sql.CLICKS_PARTITION, (month,))
+        with _lock:
+            _partitions.add(month)
+    payload = [enrich(row, keys[day], keep_addresses) for row, day in zip(batch, days, strict=True)]
+    result = db.fetch_one(sql.WRITE_CLICKS, (json.dumps(payload, default=str),))
+    return int(result["events"]) if result else 0
 
 
 def _add_months(day: date, months: int) -> date:

@@ -13,8 +13,9 @@ import pytest
 
 from app import clickparse, clicks, clickstore, clickworker
 from app import migrate as migrations
+from app import sql as sql_text
 from app.config import get_settings
-from app.db import Database
+from app.db import Database, DatabaseUnavailable
 from tests import test_clickworker
 from tests.conftest import make_settings
 
@@ -316,3 +317,36 @@ def test_the_maintenance_and_backfill_commands(clean, monkeypatch, capsys):
     assert clickstore.main(["backfill"]) == 0
     assert json.loads(capsys.readouterr().out) == {"backfilled": 0}
     get_settings.cache_clear()
+
+
+def test_a_batch_is_one_statement_in_autocommit(make_url, worker_parts, monkeypatch):
+    """Round trips through PgBouncer are the worker's fixed cost per batch (docs/capacity.md,
+    "Ingestion"): once the day's key and the month's partition are known, a batch is ONE
+    statement, its own transaction, without BEGIN and COMMIT."""
+    _, db, _ = worker_parts
+    url = make_url()
+    assert clickstore.write(db, [clicks.row_from_fields(_fields(url, "2026-11-29T09:00:00", "10.0.0.1"))], False) == 1
+    sent: list[str] = []
+    fetch_one, execute = db.fetch_one, db.execute
+
+    def recording(real):
+        return lambda statement, params=None: sent.append(statement) or real(statement, params)
+
+    def no_transaction():
+        raise AssertionError("a batch needs no transaction block")
+
+    monkeypatch.setattr(db, "fetch_one", recording(fetch_one))
+    monkeypatch.setattr(db, "execute", recording(execute))
+    monkeypatch.setattr(db, "transaction", no_transaction)
+    batch = [clicks.row_from_fields(_fields(url, f"2026-11-29T10:00:{s:02d}", f"10.0.1.{s}")) for s in range(50)]
+    assert clickstore.write(db, batch, False) == 50
+    assert sent == [sql_text.WRITE_CLICKS]
+
+
+def test_a_visitor_key_pruned_while_it_is_stored_fails_the_batch_for_a_retry(make_url, worker_parts, monkeypatch):
+    _, db, _ = worker_parts
+    url = make_url()
+    fetch_one = db.fetch_one
+    monkeypatch.setattr(db, "fetch_one", lambda q, p=None: None if q == sql_text.VISITOR_KEY else fetch_one(q, p))
+    with pytest.raises(DatabaseUnavailable):
+        clickstore.write(db, [clicks.row_from_fields(_fields(url, "2026-11-20T09:00:00", "10.0.0.1"))], False)

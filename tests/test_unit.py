@@ -84,6 +84,23 @@ def test_the_stream_holds_headers_as_the_edge_sent_them_and_rows_clip_them():
 
 
 @pytest.mark.parametrize(
+    ("sent", "stored"),
+    [
+        ("Mozilla/5.0 (X11)", "Mozilla/5.0 (X11)"),
+        ("a\tb\x7fc", "a\tb\x7fc"),  # the tab and DEL stay: PostgreSQL takes them
+        ("a\r\nb\x1f\x00c\x08", "abc"),
+        ("caf\u00e9 \ud800x", "caf\u00e9 ?x"),  # a lone surrogate (not UTF-8) becomes "?"
+        ("\x01" * 10 + "x" * 600, "x" * 512),
+        ("", ""),
+    ],
+)
+def test_stored_header_text_drops_controls_and_invalid_characters(sent, stored):
+    fields = clicks.new_click(None, None).fields(1, None, "x")
+    fields[clicks.F_REFERRER] = sent
+    assert clicks.row_from_fields(fields)["details"]["referrer"] == (stored or None)
+
+
+@pytest.mark.parametrize(
     "value",
     [
         "https://example.com",
