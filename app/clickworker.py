@@ -97,7 +97,7 @@ class ClickWorker:
                 log.error("dropping malformed stream entry", extra={"fields": fields})
         keep = self.settings.clicks_keep_addresses
         try:
-            new = clickstore.write(self.db, rows, keep)
+            new = self._store(rows)
         except (psycopg2.DataError, ValueError):
             # One click PostgreSQL refuses must not block the queue forever: write them one by
             # one and drop (with a log line) only the refused ones.
@@ -119,6 +119,20 @@ class ClickWorker:
         WRITTEN.inc(new)
         BATCHES.observe(time.perf_counter() - started)
         return len(entries)
+
+    def _store(self, rows: list[dict]) -> int:
+        """Writes rows in one statement. A batch that outlasts the statement timeout is written
+        in halves: a slow database must not hold a full batch back for good, retried whole
+        after every back-off (the writes are idempotent, a half that committed is not doubled)."""
+        try:
+            return clickstore.write(self.db, rows, self.settings.clicks_keep_addresses)
+        except DatabaseUnavailable as exc:
+            if len(rows) < 2 or not isinstance(exc.__cause__, psycopg2.errors.QueryCanceled):
+                raise
+            FAILURES.labels("timeout").inc()
+            log.warning("a batch outlasted the statement timeout, written in halves", extra={"rows": len(rows)})
+            half = len(rows) // 2
+            return self._store(rows[:half]) + self._store(rows[half:])
 
     def claim_stale(self) -> int:
         """Takes over entries left pending by a worker that died."""

@@ -5,11 +5,12 @@ from __future__ import annotations
 import threading
 import time
 
+import psycopg2
 import pytest
 import redis as redis_lib
 
-from app import clickworker
-from app.db import Database
+from app import clickstore, clickworker
+from app.db import Database, DatabaseUnavailable
 from tests.conftest import make_settings
 
 
@@ -268,3 +269,36 @@ def test_under_a_steady_trickle_the_worker_lingers_to_fill_its_batches(
         assert len(batches) <= most_batches, batches
     else:
         assert len(batches) >= 6, batches  # without lingering, every burst is a batch of its own
+
+
+def test_a_batch_that_outlasts_the_statement_timeout_is_written_in_halves(
+    client, make_url, worker_parts, sql, redis, monkeypatch
+):
+    settings, db, rclient = worker_parts
+    url = make_url()
+    burst(client, url["short_code"], 30)
+    real_write = clickstore.write
+
+    def slow_for_big_batches(database, rows, keep):
+        if len(rows) > 10:
+            # The very error PostgreSQL raises when statement_timeout cancels a statement.
+            conn = psycopg2.connect(settings.database_url)
+            try:
+                with conn.cursor() as cur:
+                    cur.execute("SET statement_timeout = 1")
+                    cur.execute("SELECT pg_sleep(1)")
+            except psycopg2.errors.QueryCanceled as exc:
+                raise DatabaseUnavailable(str(exc)) from exc
+            finally:
+                conn.close()
+        return real_write(database, rows, keep)
+
+    monkeypatch.setattr(clickworker.clickstore, "write", slow_for_big_batches)
+    before = clickworker.FAILURES.labels("timeout")._value.get()
+    worker = clickworker.ClickWorker(settings, db, rclient, "halves")
+    worker.ensure_group()
+    while worker.step():
+        pass
+    assert click_count(sql) == 30
+    assert redis.xlen(settings.click_stream) == 0
+    assert clickworker.FAILURES.labels("timeout")._value.get() > before
