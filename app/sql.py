@@ -248,11 +248,16 @@ DELETE FROM click_visitors WHERE day < {NOW}::date - 1
 INSERT_VISITOR_KEY = "INSERT INTO visitor_keys (day, key) VALUES (%s, %s) ON CONFLICT DO NOTHING"
 VISITOR_KEY = "SELECT key FROM visitor_keys WHERE day = %s"
 
+# Whether the backfill once ran to the end (migration 0006), and the record that it did.
+BACKFILL_DONE = "SELECT finished_at, events FROM clicks_backfill"
+BACKFILL_FINISHED = "INSERT INTO clicks_backfill (events) VALUES (%s) ON CONFLICT DO NOTHING"
 # Clicks already in `events` (a database upgraded from before the analytics), oldest first, by
-# keyset on id: python -m app.clickstore backfill feeds them to WRITE_CLICKS.
+# keyset on id up to the last event when it started (what the worker adds meanwhile is
+# counted already): python -m app.clickstore backfill feeds them to WRITE_CLICKS.
+LAST_EVENT_ID = "SELECT COALESCE(max(id), 0) AS id FROM events"
 CLICK_EVENTS_AFTER = """
 SELECT id, click_id, url_id, user_id, "timestamp" AS ts, details FROM events
-WHERE event_type = 'click' AND click_id IS NOT NULL AND url_id IS NOT NULL AND id > %s
+WHERE event_type = 'click' AND click_id IS NOT NULL AND url_id IS NOT NULL AND id > %s AND id <= %s
 ORDER BY id LIMIT %s
 """
 
