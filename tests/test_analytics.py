@@ -319,5 +319,7 @@ def test_the_maintenance_and_backfill_commands(clean, monkeypatch, capsys):
     assert clickstore.main(["maintain"]) == 0
     assert json.loads(capsys.readouterr().out)["ensured"][0] == datetime.now(UTC).strftime("clicks_%Y_%m")
     assert clickstore.main(["backfill"]) == 0
-    assert json.loads(capsys.readouterr().out) == {"backfilled": 0}
+    assert json.loads(capsys.readouterr().out) == {"backfilled": 0, "done_before": None}
+    assert clickstore.main(["backfill"]) == 0  # ran to the end once: now it does nothing
+    assert json.loads(capsys.readouterr().out)["done_before"]
     get_settings.cache_clear()
