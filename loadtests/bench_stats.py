@@ -207,7 +207,7 @@ def data_size(host: str, hot_id: int, start: date, end: date) -> dict[str, objec
       'bench_clicks', (SELECT sum(d.clicks) FROM click_daily d JOIN urls u ON u.id = d.url_id WHERE {bench}),
       'hot_clicks', (SELECT sum(d.clicks) FROM click_daily d JOIN urls u ON u.id = d.url_id
                      WHERE {bench} AND u.id = {hot_id}),
-      'clicks_rows', (SELECT sum(reltuples)::bigint FROM pg_class WHERE oid IN ({partitions})),
+      'clicks_rows', (SELECT sum(reltuples)::bigint FROM pg_class WHERE oid IN ({partitions} WHERE isleaf)),
       'clicks_size', pg_size_pretty((SELECT sum(pg_total_relation_size(relid)) FROM ({partitions}) p)),
       'click_hourly_size', pg_size_pretty(pg_total_relation_size('click_hourly')),
       'click_daily_size', pg_size_pretty(pg_total_relation_size('click_daily')),
