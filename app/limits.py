@@ -12,6 +12,9 @@ Counted per API key (its id) or, without one, per client address (app/addresses.
 fixed windows, one counter per (client, kind of limit). The redirect, /health and /metrics are
 never limited. Redis keys start with ``shortener:limits``.
 
+Every hit makes sure its counter expires (app/limit_counter.lua instead of the library's own
+script): a counter without an expiry would refuse its client for good.
+
 When Redis fails, flask-limiter counts in each process's memory instead (the limits then hold
 per worker, so a little looser) and tries Redis again with a growing back-off; any other
 storage error lets the request through. Failing open is deliberate: the limits protect the
@@ -24,10 +27,12 @@ from __future__ import annotations
 import logging
 import math
 import time
+from importlib import resources
 
 from flask import Flask, Response, request
 from flask_limiter import Limit, Limiter, RequestLimit
 from flask_limiter.errors import RateLimitExceeded
+from limits.storage import RedisStorage
 
 from app import access, metrics
 from app.config import Settings
@@ -38,6 +43,21 @@ log = logging.getLogger(__name__)
 KEY_PREFIX = "shortener:limits"
 NEVER_LIMITED = frozenset({"redirect.follow", "health.health", "metrics.metrics_endpoint", "static"})
 CREATION = frozenset({"urls.create_url", "web.shorten"})
+# The storage scheme of ExpiringRedisStorage: this prefix before the Redis URL's own scheme.
+SCHEME_PREFIX = "shortener-"
+
+
+class ExpiringRedisStorage(RedisStorage):
+    """limits' Redis storage whose fixed-window hit gives an expiry to every counter that has
+    none, not only to a new one (app/limit_counter.lua says why). Registered with limits under
+    ``shortener-redis://`` and ``shortener-rediss://`` (its storage registry is how limits
+    lets an application bring a storage of its own)."""
+
+    STORAGE_SCHEME = [f"{SCHEME_PREFIX}redis", f"{SCHEME_PREFIX}rediss"]
+    SCRIPT_INCR_EXPIRE = (resources.files("app") / "limit_counter.lua").read_text(encoding="utf-8")
+
+    def __init__(self, uri: str, **options: float | str | bool) -> None:
+        super().__init__(uri.removeprefix(SCHEME_PREFIX), **options)
 
 
 def _kind() -> str:
@@ -82,7 +102,7 @@ def init(app: Flask, settings: Settings) -> Limiter | None:
     }
     options: dict[str, str | int | float] = {}
     if settings.redis_url:
-        storage_uri = settings.redis_url
+        storage_uri = SCHEME_PREFIX + settings.redis_url
         options = {
             "key_prefix": KEY_PREFIX,
             "socket_timeout": settings.redis_socket_timeout,

@@ -94,11 +94,27 @@ def wait_healthy(configuration: dict, timeout: float = 180) -> float:
     raise RuntimeError(f"/health not 200 within {timeout:.0f} s")
 
 
-def lock_urls(seconds: int, configuration: dict) -> str:
-    """A session holds ACCESS EXCLUSIVE on urls: every read and write of the table waits."""
+def lock_urls(seconds: int, configuration: dict, timeout: float = 15) -> str:
+    """A session holds ACCESS EXCLUSIVE on urls: every read and write of the table waits.
+
+    Returns once PostgreSQL shows the lock granted, or fails: the first run's command
+    (`nohup PGAPPNAME=… runuser …`) made nohup look for a program named "PGAPPNAME=…", so no
+    lock was ever taken, nothing failed and no page came (12-urls-lock, docs/chaos-suite.md)."""
     sql = f"BEGIN; LOCK TABLE urls IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep({int(seconds)}); COMMIT;"
-    cmd = f"PGAPPNAME={LOCKER} runuser -u postgres -- psql -d shortener -Xqc {shlex.quote(sql)}"
-    return ssh(host(configuration), f"nohup {cmd} >/dev/null 2>&1 &")
+    conninfo = shlex.quote(f"dbname=shortener application_name={LOCKER}")
+    cmd = f"runuser -u postgres -- psql {conninfo} -Xqc {shlex.quote(sql)}"
+    ssh(host(configuration), f"nohup {cmd} >/dev/null 2>&1 &")
+    held = (
+        "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid) "
+        f"WHERE a.application_name = '{LOCKER}' AND l.relation = 'urls'::regclass "
+        "AND l.mode = 'AccessExclusiveLock' AND l.granted"
+    )
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if psql(host(configuration), held) == "1":
+            return f"ACCESS EXCLUSIVE on urls held after {time.monotonic() - start:.1f} s"
+        time.sleep(0.5)
+    raise RuntimeError(f"the lock on urls was not granted within {timeout:.0f} s")
 
 
 def unlock_urls(configuration: dict) -> str:
@@ -106,9 +122,43 @@ def unlock_urls(configuration: dict) -> str:
     return psql(host(configuration), query)
 
 
+def _memory_limit_file(unit: str) -> str:
+    """Shell: the file that holds the unit's memory limit in its cgroup (cgroup v2 or v1)."""
+    cg = f"$(systemctl show -p ControlGroup --value {shlex.quote(unit)})"
+    return f"cg={cg}; f=/sys/fs/cgroup$cg/memory.max; [ -e $f ] || f=/sys/fs/cgroup/memory$cg/memory.limit_in_bytes"
+
+
+def memory_limit_unavailable(unit: str, group: str, configuration: dict) -> str:
+    """Why systemd cannot limit the unit's memory on its host ("" when it can). On the lab's
+    nspawn hosts (the machine runs cgroup v1) the memory controller is mounted read-only in
+    the host, so MemoryMax= is accepted, written to a drop-in and never applied: the first run
+    of 13-oom-instance "passed" without any OOM kill."""
+    probe = f'{_memory_limit_file(unit)}; if [ -w "$f" ]; then echo; else echo "$f"; fi'
+    missing = ssh(host(configuration, group), probe).strip()
+    if not missing:
+        return ""
+    return (
+        f"systemd cannot limit the memory of {unit} on this host ({missing} is missing or read-only: "
+        "an nspawn host on a cgroup v1 machine); needs a VM or a cgroup v2 host"
+    )
+
+
 def memory_max(unit: str, value: str, group: str, configuration: dict) -> str:
-    """Sets MemoryMax= of a running unit until the next boot (below its use: the OOM killer)."""
-    return ssh(host(configuration, group), f"systemctl set-property --runtime {shlex.quote(unit)} MemoryMax={value}")
+    """Sets MemoryMax= of a running unit until the next boot (below its use: the OOM killer),
+    and fails unless the kernel holds the limit (a limit systemd could not apply is no fault)."""
+    where = host(configuration, group)
+    ssh(where, f"systemctl set-property --runtime {shlex.quote(unit)} MemoryMax={value}")
+    applied = ssh(where, f'{_memory_limit_file(unit)}; cat "$f"', check=False).strip()
+    wanted = str(parse_size(value))
+    if applied != wanted:
+        raise RuntimeError(f"MemoryMax={value} of {unit} not applied: the cgroup says {applied or 'nothing'}")
+    return f"memory limit of {unit}: {applied} bytes"
+
+
+def parse_size(value: str) -> int:
+    """systemd's size notation with a K, M or G suffix (base 1024) in bytes."""
+    factor = {"K": 1024, "M": 1024**2, "G": 1024**3}.get(value[-1:].upper(), 1)
+    return int(value.rstrip("KMGkmg")) * factor
 
 
 def clear_memory_max(unit: str, group: str, configuration: dict) -> str:

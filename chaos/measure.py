@@ -34,6 +34,12 @@ class Row:
     clicks_answered: int = 0
     clicks_lost: int = 0
     p99_fault_ms: float = 0.0
+    # The commit the suite ran at (a "+" when the tree had uncommitted changes) and the
+    # machine's 1-minute load average when the experiment started: rows of other runs are kept.
+    commit: str = ""
+    load: str = ""
+    # Why the experiment did not run on this host (its precondition), empty when it ran.
+    not_run: str = ""
 
 
 def failed(answer: Answer) -> bool:

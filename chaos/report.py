@@ -89,16 +89,21 @@ def write(rows: list[Row], header: str, suite: str) -> Path:
         header,
         "",
         "| experiment | toolkit | fault | errors during fault | errors after heal | hot redirects served |"
-        " recovery after heal | alert at the sink | creates acked / lost | clicks 302 / lost | p99 in fault |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        " recovery after heal | alert at the sink | creates acked / lost | clicks 302 / lost | p99 in fault |"
+        " commit, load |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
+        ran = f"{r.commit or '?'}, {r.load or '?'}"
+        if r.not_run:
+            lines.append(f"| {r.name} {r.title} | not run | {r.not_run} |" + " - |" * 8 + f" {ran} |")
+            continue
         alert = "none expected" if not r.alert else f"{r.alert} {_seconds(r.alert_after, 'not received')}"
         lines.append(
             f"| [{r.name}](img/chaos/{r.name}.png) {r.title} | {r.status} | {r.heal_at - r.fault_at:.0f} s "
             f"| {_errors(r.errors_fault)} | {_errors(r.errors_after)} | {100 * r.hot_served:.1f}% "
             f"| {_seconds(r.recovery, 'not within the run')} | {alert} | {r.creates_acked} / {r.creates_lost} "
-            f"| {r.clicks_answered} / {r.clicks_lost} | {r.p99_fault_ms:.0f} ms |"
+            f"| {r.clicks_answered} / {r.clicks_lost} | {r.p99_fault_ms:.0f} ms | {ran} |"
         )
     doc_path(suite).write_text("\n".join(lines) + "\n")
     return doc_path(suite)

@@ -78,11 +78,34 @@ def extension(experiment: dict) -> dict:
     return next((e for e in experiment.get("extensions", []) if e.get("name") == "shortener"), {})
 
 
+def commit() -> str:
+    """The short commit the suite runs at, with "+" when the tree has uncommitted changes."""
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT)
+    dirty = subprocess.run(["git", "status", "--porcelain"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
+    return head.stdout.strip() + ("+" if dirty else "")
+
+
+def not_run(path: Path, experiment: dict, reason: str) -> Row:
+    """The row of an experiment whose fault cannot be made on this host (its precondition)."""
+    now = time.time()
+    load = Path("/proc/loadavg").read_text().split()[0]
+    return Row(
+        path.stem, experiment["title"], "not run", now, now, now, now, not_run=reason, commit=commit(), load=load
+    )
+
+
 def run_one(path: Path, inventory: Path, headers: dict[str, str]) -> tuple[Row, list]:
     experiment = load_experiment(str(path))
     experiment["configuration"] = {"inventory": str(inventory)}
     config = experiment["configuration"]
     ext = extension(experiment)
+    # A fault this host cannot make (the precondition names the reason) is reported as not
+    # run: measured without its fault, the row would claim users saw nothing.
+    check = ext.get("precondition")
+    if check and (reason := getattr(actions, check["func"])(configuration=config, **check.get("arguments", {}))):
+        print(f"--- {path.stem}: not run: {reason}", flush=True)
+        return not_run(path, experiment, reason), []
+    load = Path("/proc/loadavg").read_text().split()[0]
     base = actions.base_url(config)
     db = actions.host(config, "db")
     tag = f"{path.stem}-{uuid.uuid4().hex[:8]}"
@@ -121,6 +144,8 @@ def run_one(path: Path, inventory: Path, headers: dict[str, str]) -> tuple[Row, 
         started_at=started,
         ended_at=ended,
         alert=ext.get("alert", ""),
+        commit=commit(),
+        load=load,
     )
     fill(row, answers, db)
     if row.alert:
@@ -132,12 +157,11 @@ def run_one(path: Path, inventory: Path, headers: dict[str, str]) -> tuple[Row, 
 
 
 def header(inventory: Path, shared_by: int) -> str:
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT)
-    dirty = subprocess.run(["git", "status", "--porcelain"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
     hosts = ", ".join(f"{g}: {' '.join(a)}" for g, a in sorted(inventory_hosts(inventory).items()))
     return (
-        f"Run {datetime.now(UTC):%Y-%m-%d %H:%M} UTC at commit {commit.stdout.strip()}"
-        f"{' (with uncommitted changes)' if dirty else ''}, inventory `{inventory.relative_to(ROOT)}` ({hosts}); "
+        f"Last run {datetime.now(UTC):%Y-%m-%d %H:%M} UTC at commit {commit()} (each row names the commit it"
+        f' ran at and the load average when it started; a "+": uncommitted changes),'
+        f" inventory `{inventory.relative_to(ROOT)}` ({hosts}); "
         f"machine: {os.cpu_count()} cores shared by {shared_by} workers, load average before the run "
         f"{Path('/proc/loadavg').read_text().split()[0]} (`uptime`). Traffic per second: "
         + ", ".join(f"{kind} {rate:g}" for kind, rate in RATES.items())

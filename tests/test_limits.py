@@ -4,6 +4,7 @@ requests still served (and still limited, per process) with Redis stopped."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from itertools import count
 from typing import Any
@@ -149,3 +150,28 @@ def test_redis_stopped_requests_are_still_served_and_limited_in_memory(
     assert statuses == [200, 200, 200, 429]
     assert client.post("/urls", json={"original_url": "https://example.com"}).status_code == 201
     assert app.test_client().get("/health").status_code == 200
+
+
+def test_a_counter_left_without_its_expiry_gets_one_at_the_next_hit(
+    app_factory: Callable[..., Any], redis: Any
+) -> None:
+    """The lab's state after chaos 06/07 (docs/failure-modes.md): the admin key's window counter
+    in Redis over the limit and without an expiry. The library's script gives an expiry only to
+    a counter it has just made, so that key was refused for good; ours gives one to any
+    counter that has none, so the refusals end with the window."""
+    app = app_factory(access_profile="keys", rate_limit_admin="5/second")
+    key, row = keys.create(app.extensions["shortener"].db, user_id=None, is_admin=True, name="stuck")
+    client = keyed_client(app, key)
+    assert client.get("/urls").status_code == 200
+    (counter,) = [name for name in redis.keys("shortener:limits:*") if f"key:{row['id']}/admin" in name]
+    assert 0 < redis.pttl(counter) <= 1000
+    # What the lab showed: the counter past the limit, no expiry.
+    redis.set(counter, 2077)
+    assert redis.pttl(counter) == -1
+    assert client.get("/urls").status_code == 429  # this window is spent
+    assert 0 < redis.pttl(counter) <= 1000, "the hit must give the counter an expiry"
+    deadline = time.monotonic() + 3
+    while client.get("/urls").status_code == 429 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert client.get("/urls").status_code == 200
+    assert redis.pttl(counter) > 0
