@@ -30,7 +30,7 @@ CANARY_INVENTORY ?= ansible/inventories/lab
 CANARY_ADDR ?= $(LAB_ADDR)
 export ANSIBLE_CONFIG := $(ROOT)/ansible/ansible.cfg
 
-.PHONY: help deps venv requirements lint test test-service test-molecule test-cluster up down dev seed clean loadtest bench openloop restore-drill chaos canary-demo chaos-cluster
+.PHONY: help deps venv requirements lint test test-service test-molecule test-cluster up down dev seed clean loadtest bench bench-stats openloop restore-drill chaos canary-demo chaos-cluster
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -120,6 +120,9 @@ loadtest: venv ## Locust ladder (50 .. 5000 users) against the lab host: CSV, ma
 bench: venv ## wrk: hot/cold redirect, link creation vs static-302 and bare-WSGI references; click count check (BENCH_ARGS=...)
 	command -v wrk >/dev/null || { apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends wrk >/dev/null; }
 	cd $(ROOT) && $(PY) -m loadtests.bench --target http://$(LAB_ADDR) $(BENCH_ARGS)
+
+bench-stats: venv ## analytics at scale: 10M generated clicks (90 days, 10,000 links) on the lab host, then stats p95s (BENCH_STATS_ARGS=...)
+	cd $(ROOT) && $(PY) -m loadtests.bench_stats --target http://$(LAB_ADDR) $(BENCH_STATS_ARGS)
 
 openloop: venv ## hey: latency at fixed offered redirect rates over 1000 open connections; click check (OPENLOOP_ARGS=...)
 	command -v hey >/dev/null || { apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends hey >/dev/null; }

@@ -5,7 +5,8 @@ calls for a batch: each click gets its browser, OS, device type, bot flag, refer
 daily visitor id (app/clickparse.py), then sql.WRITE_CLICKS stores the event, the raw click and
 the rollups in one statement. ``maintain`` creates next months' partitions, drops those past
 the retention and forgets old visitor keys; the worker runs it every
-``clicks_maintenance_seconds``. Run by hand: ``python -m app.clickstore maintain|backfill``.
+``clicks_maintenance_seconds``. Run by hand: ``python -m app.clickstore maintain|backfill`` (the
+shortener role runs ``backfill`` after each converge; it works once, then does nothing).
 """
 
 from __future__ import annotations
@@ -149,16 +150,22 @@ def maintain(db: Database, settings: Settings, today: date | None = None) -> dic
     return {"ensured": created, "dropped": dropped}
 
 
-def backfill(db: Database, settings: Settings) -> int:
+def backfill(db: Database, settings: Settings) -> dict[str, Any]:
     """Feeds the clicks already in ``events`` (from before the analytics) to the statistics,
-    oldest first. Idempotent: a click already counted is skipped by WRITE_CLICKS. Such clicks
-    carry no address, so their visitor id rests on the user agent alone."""
+    oldest first, once: a run that reaches the end records it (clicks_backfill), and every run
+    after that does nothing. An interrupted run is simply run again: a click already counted
+    is skipped by WRITE_CLICKS. Such clicks carry no address, so their visitor id rests on the
+    user agent alone. Returns {"backfilled": events fed now, "done_before": when, or None}."""
+    before = db.fetch_one(sql.BACKFILL_DONE)
+    if before is not None:
+        return {"backfilled": 0, "done_before": before["finished_at"].isoformat()}
+    last = int(db.fetch_one(sql.LAST_EVENT_ID)["id"])
     after = 0
     done = 0
     while True:
-        rows = db.fetch_all(sql.CLICK_EVENTS_AFTER, (after, BACKFILL_BATCH))
+        rows = db.fetch_all(sql.CLICK_EVENTS_AFTER, (after, last, BACKFILL_BATCH))
         if not rows:
-            return done
+            break
         after = rows[-1]["id"]
         batch = [
             {
@@ -173,6 +180,8 @@ def backfill(db: Database, settings: Settings) -> int:
         write(db, batch, settings.clicks_keep_addresses)
         done += len(batch)
         log.info("backfilled clicks", extra={"done": done, "last_event_id": after})
+    db.execute(sql.BACKFILL_FINISHED, (done,))
+    return {"backfilled": done, "done_before": None}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -188,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "maintain":
             print(json.dumps(maintain(db, settings)))
         else:
-            print(json.dumps({"backfilled": backfill(db, settings)}))
+            print(json.dumps(backfill(db, settings)))
     finally:
         db.close()
     return 0

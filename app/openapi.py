@@ -271,6 +271,12 @@ def _stats_paths() -> dict[str, Any]:
             "parameters": [_path("url_id", ID)],
             "get": {
                 "summary": "A link's clicks, humans, bots, unique visitors, time series and top tables",
+                "description": (
+                    "Totals and the series have hour resolution. Unique visitors and the top tables"
+                    " (referrers, browsers, operating systems, devices) are kept per UTC day only, even"
+                    " with granularity=hour: they cover every whole UTC day the range touches, and a"
+                    " range's unique visitors are the sum of its days' (a visitor id lasts one day)."
+                ),
                 "parameters": [
                     _query("from", moment),
                     _query("to", moment),
@@ -300,6 +306,7 @@ def _stats_paths() -> dict[str, Any]:
         "/stats/top": {
             "get": {
                 "summary": "The most-followed links (an admin key: all; a user's key: its own)",
+                "description": "Counted per UTC day: the range covers every whole UTC day it touches.",
                 "parameters": [
                     _query("from", moment),
                     _query("to", moment),

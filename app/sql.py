@@ -178,29 +178,13 @@ ON CONFLICT (click_id) DO NOTHING
 COUNT_CLICKS = "SELECT count(*) AS n FROM events WHERE url_id = %s AND event_type = 'click'"
 
 # --- click analytics (docs/analytics.md) -----------------------------------------------------
-# One batch of clicks in ONE statement, so one transaction: the events the contract lists, the
-# parsed raw clicks and every rollup. The rollups are fed only by the raw rows this statement
-# inserted (RETURNING), so a click delivered twice is counted once and the rollups always agree
-# with the raw rows. Each upsert goes in key order: concurrent writers never deadlock.
-WRITE_CLICKS = """
-WITH c AS (
-    SELECT * FROM jsonb_to_recordset(%s::jsonb) AS c(
-        click_id text, url_id bigint, user_id bigint, ts timestamp, details jsonb, visitor text,
-        is_bot boolean, browser text, os text, device text, referrer_domain text, client_addr inet)
-), ev AS (
-    INSERT INTO events (url_id, user_id, event_type, "timestamp", details, click_id)
-    SELECT (SELECT u.id FROM urls u WHERE u.id = c.url_id), (SELECT s.id FROM users s WHERE s.id = c.user_id),
-           'click', c.ts, c.details, c.click_id
-    FROM c ORDER BY c.ts, c.click_id
-    ON CONFLICT (click_id) DO NOTHING RETURNING 1
-), raw AS (
-    INSERT INTO clicks (ts, click_id, url_id, visitor, is_bot, browser, os, device, referrer_domain, client_addr)
-    SELECT c.ts, c.click_id, c.url_id, c.visitor, c.is_bot, c.browser, c.os, c.device, c.referrer_domain,
-           c.client_addr
-    FROM c WHERE EXISTS (SELECT 1 FROM urls u WHERE u.id = c.url_id) ORDER BY c.ts, c.click_id
-    ON CONFLICT (ts, click_id) DO NOTHING
-    RETURNING url_id, ts, visitor, is_bot, browser, os, device, referrer_domain
-), hourly AS (
+# The rollups of the raw clicks one statement inserted: CTEs that read `raw`, an
+# `INSERT INTO clicks ... ON CONFLICT DO NOTHING RETURNING {RAW_RETURNING}` before them. The
+# click worker (WRITE_CLICKS) and the analytics benchmark's generator (loadtests/bench_stats.py)
+# both use this one text, so generated statistics are counted exactly as real ones.
+RAW_RETURNING = "url_id, ts, visitor, is_bot, browser, os, device, referrer_domain"
+CLICK_ROLLUPS = """
+hourly AS (
     INSERT INTO click_hourly AS h (url_id, hour, clicks, bots)
     SELECT url_id, date_trunc('hour', ts), count(*), count(*) FILTER (WHERE is_bot) FROM raw
     GROUP BY 1, 2 ORDER BY 1, 2
@@ -226,6 +210,31 @@ WITH c AS (
     GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4
     ON CONFLICT (url_id, day, dimension, value) DO UPDATE SET clicks = m.clicks + EXCLUDED.clicks
 )
+"""
+
+# One batch of clicks in ONE statement, so one transaction: the events the contract lists, the
+# parsed raw clicks and every rollup. The rollups are fed only by the raw rows this statement
+# inserted (RETURNING), so a click delivered twice is counted once and the rollups always agree
+# with the raw rows. Each upsert goes in key order: concurrent writers never deadlock.
+WRITE_CLICKS = f"""
+WITH c AS (
+    SELECT * FROM jsonb_to_recordset(%s::jsonb) AS c(
+        click_id text, url_id bigint, user_id bigint, ts timestamp, details jsonb, visitor text,
+        is_bot boolean, browser text, os text, device text, referrer_domain text, client_addr inet)
+), ev AS (
+    INSERT INTO events (url_id, user_id, event_type, "timestamp", details, click_id)
+    SELECT (SELECT u.id FROM urls u WHERE u.id = c.url_id), (SELECT s.id FROM users s WHERE s.id = c.user_id),
+           'click', c.ts, c.details, c.click_id
+    FROM c ORDER BY c.ts, c.click_id
+    ON CONFLICT (click_id) DO NOTHING RETURNING 1
+), raw AS (
+    INSERT INTO clicks (ts, click_id, url_id, visitor, is_bot, browser, os, device, referrer_domain, client_addr)
+    SELECT c.ts, c.click_id, c.url_id, c.visitor, c.is_bot, c.browser, c.os, c.device, c.referrer_domain,
+           c.client_addr
+    FROM c WHERE EXISTS (SELECT 1 FROM urls u WHERE u.id = c.url_id) ORDER BY c.ts, c.click_id
+    ON CONFLICT (ts, click_id) DO NOTHING
+    RETURNING {RAW_RETURNING}
+), {CLICK_ROLLUPS}
 SELECT (SELECT count(*) FROM ev) AS events, (SELECT count(*) FROM raw) AS clicks
 """
 
@@ -239,11 +248,16 @@ DELETE FROM click_visitors WHERE day < {NOW}::date - 1
 INSERT_VISITOR_KEY = "INSERT INTO visitor_keys (day, key) VALUES (%s, %s) ON CONFLICT DO NOTHING"
 VISITOR_KEY = "SELECT key FROM visitor_keys WHERE day = %s"
 
+# Whether the backfill once ran to the end (migration 0006), and the record that it did.
+BACKFILL_DONE = "SELECT finished_at, events FROM clicks_backfill"
+BACKFILL_FINISHED = "INSERT INTO clicks_backfill (events) VALUES (%s) ON CONFLICT DO NOTHING"
 # Clicks already in `events` (a database upgraded from before the analytics), oldest first, by
-# keyset on id: python -m app.clickstore backfill feeds them to WRITE_CLICKS.
+# keyset on id up to the last event when it started (what the worker adds meanwhile is
+# counted already): python -m app.clickstore backfill feeds them to WRITE_CLICKS.
+LAST_EVENT_ID = "SELECT COALESCE(max(id), 0) AS id FROM events"
 CLICK_EVENTS_AFTER = """
 SELECT id, click_id, url_id, user_id, "timestamp" AS ts, details FROM events
-WHERE event_type = 'click' AND click_id IS NOT NULL AND url_id IS NOT NULL AND id > %s
+WHERE event_type = 'click' AND click_id IS NOT NULL AND url_id IS NOT NULL AND id > %s AND id <= %s
 ORDER BY id LIMIT %s
 """
 

@@ -62,7 +62,7 @@ def truncate(stack: DevStack) -> None:
         with conn, conn.cursor() as cur:
             cur.execute(
                 "TRUNCATE api_keys, events, urls, users, clicks, click_hourly, click_daily, click_dims,"
-                " click_visitors, visitor_keys RESTART IDENTITY CASCADE"
+                " click_visitors, visitor_keys, clicks_backfill RESTART IDENTITY CASCADE"
             )
     finally:
         conn.close()

@@ -248,8 +248,13 @@ def test_upgrade_of_a_database_that_already_holds_clicks(stack, monkeypatch):
             )
         monkeypatch.setattr(migrations, "migration_files", lambda: every)
         assert migrations.migrate(db, settings) == [v for v, _ in every if v >= "0004"]
-        assert clickstore.backfill(db, settings) == 7
-        assert clickstore.backfill(db, settings) == 7  # again: nothing counted twice
+        assert clickstore.backfill(db, settings) == {"backfilled": 7, "done_before": None}
+        # Finished once: every later run (the shortener role's, after each converge) does nothing.
+        again = clickstore.backfill(db, settings)
+        assert again["backfilled"] == 0 and again["done_before"]
+        # A run that never recorded its end (interrupted) feeds everything again: counted once.
+        db.execute("DELETE FROM clicks_backfill")
+        assert clickstore.backfill(db, settings)["backfilled"] == 7
         assert db.fetch_one("SELECT count(*) AS n FROM events WHERE event_type = 'click'")["n"] == 7
         totals = db.fetch_one("SELECT sum(clicks) AS c, sum(bots) AS b, sum(uniques) AS u FROM click_daily")
         # Old clicks carry no address: a visitor is its user agent on that day (day 1: Chrome,
@@ -315,7 +320,9 @@ def test_the_maintenance_and_backfill_commands(clean, monkeypatch, capsys):
     assert clickstore.main(["maintain"]) == 0
     assert json.loads(capsys.readouterr().out)["ensured"][0] == datetime.now(UTC).strftime("clicks_%Y_%m")
     assert clickstore.main(["backfill"]) == 0
-    assert json.loads(capsys.readouterr().out) == {"backfilled": 0}
+    assert json.loads(capsys.readouterr().out) == {"backfilled": 0, "done_before": None}
+    assert clickstore.main(["backfill"]) == 0  # ran to the end once: now it does nothing
+    assert json.loads(capsys.readouterr().out)["done_before"]
     get_settings.cache_clear()
 
 

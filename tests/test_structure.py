@@ -28,7 +28,7 @@ MAY_IMPORT = {
     "devstack": set(),
     "labkit": set(),
     "lab": {"labkit", "loadtests"},  # loadtests: only the walk-through, which drives the load tools
-    "loadtests": {"labkit"},
+    "loadtests": {"app", "labkit"},  # app: bench_stats generates clicks with the worker's SQL
     "molecule": {"labkit"},
     "chaos": {"labkit"},
     "tests": {"app", "chaos", "devstack", "lab", "labkit", "loadtests"},

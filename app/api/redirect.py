@@ -82,7 +82,7 @@ def follow(short_code: str) -> Response:
     if link is None:
         raise ApiError(404, "Short link not found")
     if link.max_clicks is not None:
-        return _capped(link, short_code, click, cache_up)
+        return _capped(link, link.max_clicks, short_code, click, cache_up)
     if click is not None:
         _record(click, link, short_code)
     return _redirect(link)
@@ -92,7 +92,7 @@ def _stored_clicks(url_id: int) -> int:
     return int(services().db.fetch_one(sql.COUNT_CLICKS, (url_id,))["n"])
 
 
-def _capped(link: CachedLink, code: str, click: clicks.Click | None, cache_up: bool) -> Response:
+def _capped(link: CachedLink, max_clicks: int, code: str, click: clicks.Click | None, cache_up: bool) -> Response:
     """A link with max_clicks, not answered from the cache: the script counts (atomically)
     once the entry is filled; without Redis, or for HEAD, the stored clicks decide (not
     atomic: docs/analytics.md)."""
@@ -105,7 +105,7 @@ def _capped(link: CachedLink, code: str, click: clicks.Click | None, cache_up: b
             if value and value != TOMBSTONE:
                 metrics.CLICKS_QUEUED.inc()
                 return _redirect(link)
-    if link.max_clicks is not None and _stored_clicks(link.url_id) >= link.max_clicks:
+    if _stored_clicks(link.url_id) >= max_clicks:
         raise ApiError(404, "Short link not found")
     if click is not None:
         _record(click, link, code)
