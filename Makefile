@@ -86,7 +86,10 @@ test-molecule: venv ## deploy to a throw-away lab host with Molecule: create, co
 test: test-service test-molecule ## everything CI runs: the service tests, then the Molecule default scenario
 
 test-cluster: venv ## the Molecule cluster scenario (lb, two app hosts, db, cache); MOLECULE_ARGS='--destroy never' keeps the hosts
-	cd $(ROOT) && PATH=$(BIN):$$PATH $(BIN)/molecule test -s cluster $(MOLECULE_ARGS)
+	# Destroy first, always: '--destroy never' skips the sequence's own first destroy, and a
+	# state left "created" by hosts removed outside Molecule would then skip the create.
+	cd $(ROOT) && PATH=$(BIN):$$PATH $(BIN)/molecule destroy -s cluster
+	PATH=$(BIN):$$PATH $(BIN)/molecule test -s cluster $(MOLECULE_ARGS)
 
 up: venv ## deploy the whole stack to a local lab host and print where it answers
 	start=$$(date +%s)
