@@ -182,6 +182,15 @@ def traffic(address: str) -> None:
         requests.get(f"{base}/{code}", allow_redirects=False, timeout=5)
     requests.get(f"{base}/nosuchcode{tag}", timeout=5)
     api.get(f"{base}/events", params={"url_id": url.json()["id"]}, timeout=5)
+    # Both kinds of 429 of the overview's limit panels: 20 anonymous creations in a row pass
+    # Nginx's bucket (burst 10 at 1/s) for the first 11, of which the service's anonymous
+    # budget (6 a minute) refuses 5; Nginx refuses the rest itself.
+    with requests.Session() as anonymous:
+        burst = [
+            anonymous.post(f"{base}/urls", json={"original_url": f"https://example.com/{tag}/{i}"}, timeout=5)
+            for i in range(20)
+        ]
+    assert 429 in {answer.status_code for answer in burst}, [answer.status_code for answer in burst]
 
 
 # --- Prometheus: targets and rules ------------------------------------------------------------
