@@ -28,6 +28,9 @@ RESTORE_TARGET ?=
 # make canary-demo's host: make up's by default, any converged host's inventory and address.
 CANARY_INVENTORY ?= ansible/inventories/lab
 CANARY_ADDR ?= $(LAB_ADDR)
+# Extra arguments for make test-cluster's `molecule test`: '--destroy never' keeps the five
+# hosts up afterwards (for make chaos-cluster or a re-run of `molecule verify -s cluster`).
+MOLECULE_ARGS ?=
 export ANSIBLE_CONFIG := $(ROOT)/ansible/ansible.cfg
 
 .PHONY: help deps venv requirements lint test test-service test-molecule test-cluster up down dev seed clean loadtest bench bench-stats openloop restore-drill chaos canary-demo chaos-cluster
@@ -82,8 +85,11 @@ test-molecule: venv ## deploy to a throw-away lab host with Molecule: create, co
 
 test: test-service test-molecule ## everything CI runs: the service tests, then the Molecule default scenario
 
-test-cluster: venv ## the Molecule cluster scenario (load balancer, two app hosts, database, cache)
-	cd $(ROOT) && PATH=$(BIN):$$PATH $(BIN)/molecule test -s cluster
+test-cluster: venv ## the Molecule cluster scenario (lb, two app hosts, db, cache); MOLECULE_ARGS='--destroy never' keeps the hosts
+	# Destroy first, always: '--destroy never' skips the sequence's own first destroy, and a
+	# state left "created" by hosts removed outside Molecule would then skip the create.
+	cd $(ROOT) && PATH=$(BIN):$$PATH $(BIN)/molecule destroy -s cluster
+	PATH=$(BIN):$$PATH $(BIN)/molecule test -s cluster $(MOLECULE_ARGS)
 
 up: venv ## deploy the whole stack to a local lab host and print where it answers
 	start=$$(date +%s)

@@ -243,32 +243,66 @@ def heal_partition(group: str, configuration: dict) -> str:
     )
 
 
-def delay(group: str, peer_group: str, ms: int, configuration: dict) -> str:
-    """tc netem: `ms` added to every packet the hosts of `group` send to those of `peer_group`
-    (a prio qdisc whose third band, the one the filter picks, delays). Needs the kernel's
-    sch_prio and sch_netem: the development machine's kernel has neither (docs/chaos-suite.md)."""
+# The delay of 16-db-slow-300ms: chaos/delayrelay.py on each host of `group`, the connections
+# to the peers' port redirected into it by nftables (tc netem needs sch_netem and sch_prio,
+# which the development machine's kernel lacks: docs/chaos-suite.md).
+DELAY_TABLE = "chaos_delay"
+DELAY_SCRIPT = "/run/chaos-delayrelay.py"
+DELAY_UNIT = "chaos-delay-relay"
+DELAY_PORT = 16000  # + the peer's index: where the relay for that peer listens (127.0.0.1)
+DELAY_MARK = 0x5348  # on the relay's own upstream sockets, which the redirect lets through
+
+
+def delay(group: str, peer_group: str, ms: int, configuration: dict, port: int = 6432) -> str:
+    """`ms` added to what the hosts of `group` send to `port` of the hosts of `peer_group`: new
+    connections go through the relay (an nftables redirect), and the ones open before are
+    ended (`ss -K`) so that the pools reconnect through it, as netem would slow them too."""
+    relay = (Path(__file__).resolve().parent / "delayrelay.py").read_text()
+    targets = list(enumerate(peers(configuration, peer_group, False)))
+    rules = "".join(
+        f"    ip daddr {address} tcp dport {int(port)} redirect to :{DELAY_PORT + n}\n" for n, address in targets
+    )
+    table = (
+        f"table ip {DELAY_TABLE} {{\n  chain output {{\n    type nat hook output priority -100;\n"
+        f"    meta mark {DELAY_MARK} return\n{rules}  }}\n}}\n"
+    )
     out = []
     for member in peers(configuration, group, False):
-        for address in peers(configuration, peer_group, False):
-            dev = f"$(ip -o route get {address} | grep -o 'dev [^ ]*' | cut -d' ' -f2)"
-            out.append(
-                ssh(
-                    member,
-                    f"dev={dev}; tc qdisc replace dev $dev root handle 1: prio && "
-                    f"tc qdisc replace dev $dev parent 1:3 handle 30: netem delay {int(ms)}ms && "
-                    f"tc filter add dev $dev protocol ip parent 1:0 prio 3 u32 match ip dst {address}/32 flowid 1:3",
-                )
+        ssh(member, f"cat > {DELAY_SCRIPT}", stdin=relay)
+        for n, address in targets:
+            listen = DELAY_PORT + n
+            ssh(
+                member,
+                f"systemd-run --quiet --collect --unit={DELAY_UNIT}-{n} python3 {DELAY_SCRIPT} "
+                f"{listen} {address} {int(port)} {int(ms)} {DELAY_MARK} && "
+                f"for i in $(seq 50); do ss -Hltn 'sport = :{listen}' | grep -q . && exit 0; sleep 0.1; done; exit 1",
             )
+        # The redirect, then at once (the relay's own first connection waits `ms`) the end of
+        # the connections opened before it.
+        kills = " ".join(f"&& ss -K dst {address} dport = :{int(port)} >/dev/null" for _, address in targets)
+        out.append(ssh(member, f"nft -f - {kills}", stdin=table))
     return "".join(out)
 
 
-def undelay(group: str, peer_group: str, configuration: dict) -> str:
-    out = []
-    for member in peers(configuration, group, False):
-        for address in peers(configuration, peer_group, False):
-            dev = f"$(ip -o route get {address} | grep -o 'dev [^ ]*' | cut -d' ' -f2)"
-            out.append(ssh(member, f"tc qdisc del dev {dev} root", check=False))
-    return "".join(out)
+def undelay(group: str, configuration: dict) -> str:
+    """The heal: no new connection through the relay, and the relay delays nothing more (the
+    connections it carries stay up, as a removed qdisc leaves them)."""
+    return "".join(
+        ssh(
+            member,
+            f"nft delete table ip {DELAY_TABLE}; systemctl kill --signal=USR1 '{DELAY_UNIT}-*.service'",
+            check=False,
+        )
+        for member in peers(configuration, group, False)
+    )
+
+
+def stop_delay(configuration: dict, group: str = "app") -> str:
+    """After the measurement: the relays stopped (the pools reconnect directly), the script gone."""
+    return "".join(
+        ssh(member, f"systemctl stop '{DELAY_UNIT}-*.service'; rm -f {DELAY_SCRIPT}", check=False)
+        for member in peers(configuration, group, False)
+    )
 
 
 # --- the Discord sink ----------------------------------------------------------------------------
