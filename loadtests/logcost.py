@@ -1,22 +1,24 @@
-"""What Nginx's access log costs: `make bench`'s static 302 and hot redirect (the edge) with the
-log sent to different places, the variants alternating, so that each round sees the same
-machine.
+"""What Nginx's access log costs, and whether mtail counts every line: `make bench`'s static 302
+and hot redirect (the edge) with the log sent to different places, the variants alternating,
+so that each round sees the same machine.
 
     python -m loadtests.logcost --target http://10.213.0.141 --rounds 3
 
 Variants (the http-level ``access_log`` lines of the host's /etc/nginx/nginx.conf, rewritten
 for the run and put back afterwards; ``nginx -t``, then a reload):
 
-- ``sockets``: as deployed: one datagram per request to the journal (``/dev/log``) and one to
-  mtail's socket (the metrics), each line parsed by journald and by mtail;
-- ``journal``: the journal's datagram only (the deployment before mtail, issue 10);
-- ``file``: one file, ``buffer=64k flush=1s`` (Nginx writes it in 64 kB blocks; mtail idle);
+- ``deployed``: as the nginx role writes it: the file mtail tails (``buffer=64k flush=1s``: one
+  write() per 64 kB) and one datagram per line to the journal (the log console's copy);
+- ``file``: the file only (no journal copy);
+- ``journal``: the journal's datagram only;
 - ``off``: no access log.
 
 Each run is ``loadtests.bench --phases static,hot`` (its own wrk settings, click check
-included). Around each run the CPU time of nginx, systemd-journald and mtail
-on the host is read, and divided by the requests wrk got answered: CPU microseconds per
-request, which the shared machine's noise touches far less than the throughput.
+included). Around each run the CPU time of nginx, systemd-journald and mtail on the host is
+read, and divided by the requests wrk got answered: CPU microseconds per request, which the
+shared machine's noise touches far less than the throughput. And the lines: those the run
+added to the access log file, against those mtail counted (every ``nginx_access_*`` line
+counter), once mtail has caught up: ``lost`` must be 0 whenever the file is written.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import json
 import re
 import statistics
 import tempfile
+import time
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -33,28 +36,29 @@ from labkit.hosts import DEFAULT_TARGET
 from loadtests import bench, labssh
 
 NGINX_CONF = "/etc/nginx/nginx.conf"
+ACCESS_FILE = "/var/log/nginx/access.log"
 UNITS = ("nginx", "journald", "mtail")
 PROGRAMS = ("nginx", "systemd-journal", "mtail")  # process names (15 characters at most)
-# The http-level access_log lines the nginx role writes (syslog targets: journal and mtail).
-ACCESS_LOG = re.compile(r"^ {4}access_log syslog:server=unix:(?P<socket>\S+?),.*$", re.M)
-# A file of its own: Nginx's master opens logs as root without CAP_DAC_OVERRIDE (the nginx role's
-# sandbox), so it cannot reopen the www-data-owned access.log; a new file it creates is its own.
-FILE_LOG = "    access_log /var/log/nginx/access-logcost.log shortener_json buffer=64k flush=1s;"
+# The http-level access_log lines the nginx role writes: the file, then the journal's copy.
+ACCESS_LOG = re.compile(r"^ {4}access_log (?P<target>\S+) shortener_json\b.*$", re.M)
+# Every line mtail reads lands in exactly one of these (by status, or unparsed).
+MTAIL_LINES = re.compile(r"^nginx_access_(?:requests_total\{[^}]*\}|unparsed_lines_total) (\S+)$", re.M)
 
 
 def variant_conf(original: str, variant: str) -> str:
     """The host's nginx.conf with its access log sent where the variant says."""
     lines = list(ACCESS_LOG.finditer(original))
-    assert len(lines) == 2, "expected the journal's and mtail's access_log lines"
+    targets = [m.group("target") for m in lines]
+    assert len(lines) == 2 and targets[1].startswith("syslog:"), (
+        f"expected the file's and the journal's access_log lines: {targets}"
+    )
 
     def keep(match: re.Match[str]) -> str:
-        if variant == "sockets":
+        journal = match.group("target").startswith("syslog:")
+        if variant == "deployed" or (variant == "file" and not journal) or (variant == "journal" and journal):
             return match.group(0)
-        if variant == "journal":
-            return match.group(0) if match.group("socket") == "/dev/log" else ""
-        if match.group("socket") != "/dev/log":
-            return ""
-        return FILE_LOG if variant == "file" else "    access_log off;"
+        # "off": the first line says so, the second goes.
+        return "    access_log off;" if variant == "off" and not journal else ""
 
     return ACCESS_LOG.sub(keep, original)
 
@@ -75,14 +79,40 @@ def cpu_ns(host: str) -> dict[str, int]:
     return dict(zip(UNITS, values, strict=True))
 
 
+def log_lines(host: str) -> tuple[int, int]:
+    """Lines in the access log file and lines mtail counted, read together (the file's first:
+    a line mtail counts between the two reads can only make mtail's count larger)."""
+    out = labssh.ssh(
+        host,
+        f"(cat {ACCESS_FILE} 2>/dev/null || true) | wc -l; "
+        "curl -sf http://127.0.0.1:3903/metrics || curl -sf http://$(hostname -I | cut -d' ' -f1):3903/metrics",
+    )
+    first, _, metrics = out.partition("\n")
+    return int(first), round(sum(float(v) for v in MTAIL_LINES.findall(metrics)))
+
+
+def settled_lines(host: str, before: tuple[int, int]) -> tuple[int, int]:
+    """(lines the file gained, lines mtail counted) since `before`, once mtail has caught up
+    (Nginx flushes its buffers within a second; mtail reads behind): up to 30 s."""
+    deadline = time.monotonic() + 30
+    while True:
+        time.sleep(2)
+        now = log_lines(host)
+        gained = (now[0] - before[0], now[1] - before[1])
+        if gained[1] >= gained[0] or time.monotonic() > deadline:
+            return gained
+
+
 def one_run(args: argparse.Namespace, host: str, variant: str, workdir: Path) -> dict:
     report = workdir / f"{variant}-{len(list(workdir.iterdir()))}.json"
     before = cpu_ns(host)
+    lines_before = log_lines(host)
     load = labssh.loadavg1()
     status = bench.main(
         ["--target", args.target, "--phases", "static,hot", "--seconds", str(args.seconds), "--json", str(report)]
     )
     after = cpu_ns(host)
+    file_lines, mtail_lines = settled_lines(host, lines_before)
     results = json.loads(report.read_text())["results"]
     answered = sum(r["requests"] for r in results.values()) or 1
     return {
@@ -93,22 +123,31 @@ def one_run(args: argparse.Namespace, host: str, variant: str, workdir: Path) ->
         "hot_p99": results["hot"]["p99_ms"],
         "errors": sum(r["errors"] for r in results.values()),
         "clicks_ok": status == 0,
+        "requests": answered,
+        "file_lines": file_lines,
+        "mtail_lines": mtail_lines,
         **{f"cpu_us_{u}": (after[u] - before[u]) / 1000 / answered for u in UNITS},
     }
+
+
+def lost(row: dict) -> int:
+    """Lines the file gained that mtail did not count (0 for the variants without the file)."""
+    return max(row["file_lines"] - row["mtail_lines"], 0)
 
 
 def print_table(rows: list[dict]) -> None:
     print(
         "\n| round | variant | load | static req/s | hot req/s | hot p99 ms | hot / static | errors | clicks | "
-        "CPU µs/request: nginx, journald, mtail |"
+        "CPU µs/request: nginx, journald, mtail | requests | file lines | mtail lines | lost |"
     )
-    print("|---:|---|---:|---:|---:|---:|---:|---:|---|---|")
+    print("|---:|---|---:|---:|---:|---:|---:|---:|---|---|---:|---:|---:|---:|")
     for r in rows:
         cpu = ", ".join(f"{r[f'cpu_us_{u}']:.1f}" for u in UNITS)
         print(
             f"| {r['round']} | {r['variant']} | {r['load']:.1f} | {r['static']:,.0f} | {r['hot']:,.0f} | "
             f"{r['hot_p99']:.1f} | {r['hot'] / r['static']:.1%} | {r['errors']} | "
-            f"{'OK' if r['clicks_ok'] else 'MISMATCH'} | {cpu} |"
+            f"{'OK' if r['clicks_ok'] else 'MISMATCH'} | {cpu} | {r['requests']:,} | {r['file_lines']:,} | "
+            f"{r['mtail_lines']:,} | {lost(r):,} |"
         )
     print("\nmedians per variant:")
     for variant in dict.fromkeys(r["variant"] for r in rows):
@@ -128,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--target", default=DEFAULT_TARGET)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=int, default=15)
-    parser.add_argument("--variants", default="sockets,journal,file,off")
+    parser.add_argument("--variants", default="deployed,file,journal,off")
     parser.add_argument("--json", type=Path, default=None, help="also write every run's figures here")
     args = parser.parse_args(argv)
     host = urlparse(args.target).hostname or ""
@@ -147,11 +186,10 @@ def main(argv: list[str] | None = None) -> int:
                     rows.append({"round": round_no, **one_run(args, host, variant, Path(tmp))})
     finally:
         install(host, original)
-        labssh.ssh(host, "rm -f /var/log/nginx/access-logcost.log", check=False)
     print_table(rows)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
-    return 0 if all(r["clicks_ok"] and not r["errors"] for r in rows) else 3
+    return 0 if all(r["clicks_ok"] and not r["errors"] and not lost(r) for r in rows) else 3
 
 
 if __name__ == "__main__":
