@@ -37,6 +37,7 @@ import requests
 from lab import cli as LAB  # this tool itself: PID 1 of a host, its root filesystem
 from lab.hosts import Lab
 from labkit.hosts import AIO_ADDRESS, AIO_NAME, DRILL_ADDRESS, DRILL_NAME
+from labkit.probes import port_open
 from loadtests import apikey, labssh
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -108,6 +109,19 @@ def set_postgresql_masked(lab: Lab, name: str, masked: bool) -> None:
         link.symlink_to("/dev/null")
 
 
+def boot_for_the_restore(name: str, address: str) -> None:
+    """Boots the cut host with PostgreSQL masked and returns once sshd answers: that boot never
+    ends (the instances' start jobs wait for a /health that needs PostgreSQL), and the restore
+    needs only the host's backup repository over SSH."""
+    argv = ["python3", str(ROOT / "lab/lab.py"), "up", f"{name}={address}", "--timeout", "60"]
+    subprocess.run(argv, check=False)  # noqa: S603 (our arguments)
+    for _ in range(240):
+        if port_open(address, 22, 1.0, banner=b"SSH"):
+            return
+        time.sleep(0.5)
+    raise SystemExit(f"{name}: sshd did not answer after the power cut")
+
+
 def restore(inventory: str, drill: tuple[str, str]) -> None:
     extra = {"restore_drill_name": drill[0], "restore_drill_address": drill[1], "restore_drill_compare": False}
     subprocess.run(  # noqa: S603 (the project's own ansible-playbook, our arguments)
@@ -153,8 +167,8 @@ def main() -> int:
     acked = [(code, at) for code, at in writer.acked if at <= killed]
 
     set_postgresql_masked(lab, args.host[0], True)
-    subprocess.run(["python3", str(ROOT / "lab/lab.py"), "up", f"{args.host[0]}={args.host[1]}"], check=True)  # noqa: S603, S607 (this tool)
     try:
+        boot_for_the_restore(*args.host)
         started = time.time()
         restore(args.inventory, args.drill)
         restore_seconds = time.time() - started
