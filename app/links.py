@@ -1,4 +1,5 @@
-"""Making a link, shared by the API (POST /urls) and the web page's form (app/api/web.py)."""
+"""Links: making one (POST /urls and the web page's form, app/api/web.py) and loading one
+through the access rules (every /urls/<id>... view and POST /events)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Any
 from flask import request
 from psycopg2.extras import Json
 
-from app import sql
+from app import access, sql
 from app.cache import Unavailable
 from app.errors import ApiError
 from app.schemas import UrlIn
@@ -21,6 +22,8 @@ log = logging.getLogger(__name__)
 CODE_ALPHABET = string.ascii_letters + string.digits
 CODE_LENGTH = 6
 CODE_ATTEMPTS = 8
+# The one answer for a link that is missing, deleted or not the caller's.
+NOT_FOUND = "URL not found"
 
 
 def new_code() -> str:
@@ -29,6 +32,12 @@ def new_code() -> str:
 
 def base_url() -> str:
     return services().settings.public_base_url or request.host_url
+
+
+def visible_link(url_id: int, details: dict[str, str] | None = None) -> dict[str, Any]:
+    """The link with this id when the caller may see it; otherwise the one 404 of
+    :func:`app.access.visible` (``details`` name the field that pointed at it, if any)."""
+    return access.visible(services().db.fetch_one(sql.GET_URL, (url_id,)), NOT_FOUND, details)
 
 
 def invalidate(code: str) -> None:

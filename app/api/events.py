@@ -8,6 +8,7 @@ from psycopg2.extras import Json
 from app import access, clicks, sql
 from app.api.params import int_param, paging, str_param
 from app.errors import ApiError, json_object, validate
+from app.links import visible_link
 from app.schemas import EventIn, event_out
 from app.services import services
 
@@ -39,7 +40,7 @@ def create_event() -> Response:
     data = validate(EventIn, json_object())
     db = services().db
     if data.url_id is not None:
-        access.visible(db.fetch_one(sql.GET_URL, (data.url_id,)), "URL not found", {"url_id": "no such url"})
+        visible_link(data.url_id, {"url_id": "no such url"})
     if data.user_id is not None and db.fetch_one(sql.USER_EXISTS, (data.user_id,)) is None:
         raise ApiError(404, "User not found", {"user_id": "no such user"})
     data = data.model_copy(update={"user_id": access.owner_of_new(data.user_id)})

@@ -13,9 +13,9 @@ from typing import Any
 import segno
 from flask import Blueprint, Response
 
-from app import access, sql
+from app import sql
 from app.db import Database
-from app.links import base_url
+from app.links import base_url, visible_link
 from app.services import services
 
 bp = Blueprint("exports", __name__)
@@ -25,10 +25,6 @@ bp = Blueprint("exports", __name__)
 EXPORT_PAGE = 5000
 CSV_COLUMNS = ["time", "click_id", "is_bot", "browser", "os", "device", "referrer_domain", "visitor", "client_addr"]
 QR_TYPES = {"svg": "image/svg+xml", "png": "image/png"}
-
-
-def _link(url_id: int) -> dict[str, Any]:
-    return access.visible(services().db.fetch_one(sql.GET_URL, (url_id,)), "URL not found")
 
 
 def _csv_rows(db: Database, url_id: int) -> Iterator[str]:
@@ -51,7 +47,7 @@ def _csv_rows(db: Database, url_id: int) -> Iterator[str]:
 
 @bp.get("/urls/<id:url_id>/clicks.csv")
 def export_clicks(url_id: int) -> Response:
-    link = _link(url_id)
+    link = visible_link(url_id)
     # The generator runs after the view returned: it reads the services it needs now.
     rows = _csv_rows(services().db, url_id)
     response = Response(rows, mimetype="text/csv")
@@ -62,7 +58,7 @@ def export_clicks(url_id: int) -> Response:
 
 @bp.get("/urls/<id:url_id>/qr.<any(svg, png):kind>")
 def qr_code(url_id: int, kind: str) -> Response:
-    link = _link(url_id)
+    link = visible_link(url_id)
     code = segno.make(f"{base_url().rstrip('/')}/{link['short_code']}", error="m")
     out = io.BytesIO()
     if kind == "svg":

@@ -16,6 +16,7 @@ from flask import Blueprint, Response, jsonify, request
 from app import access, sql
 from app.api.params import int_param
 from app.errors import ApiError
+from app.links import visible_link
 from app.schemas import timestamp
 from app.services import services
 
@@ -114,8 +115,8 @@ def link_stats(url_id: int) -> Response:
     unit = _granularity()
     start, end = _range(unit)
     top = _limit("top", 10, 100)
+    link = visible_link(url_id)
     db = services().db
-    link = access.visible(db.fetch_one(sql.GET_URL, (url_id,)), "URL not found")
     # The daily tables cover the whole days the range touches.
     days = {"url_id": url_id, "start": _floor(start, "day"), "end": _ceil(end, "day")}
     rows = db.fetch_all(sql.STATS_SERIES, {"unit": unit, "url_id": url_id, "start": start, "end": end})

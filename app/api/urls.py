@@ -11,7 +11,7 @@ from psycopg2.extras import Json
 from app import access, sql
 from app.api.params import bool_param, int_param, paging
 from app.errors import ApiError, json_object, validate
-from app.links import base_url, create_link, invalidate
+from app.links import NOT_FOUND, base_url, create_link, invalidate, visible_link
 from app.schemas import UrlIn, UrlUpdate, url_out
 from app.services import services
 
@@ -50,13 +50,9 @@ def list_urls() -> Response:
     return jsonify([url_out(r, base) for r in rows])
 
 
-def _load(url_id: int) -> dict[str, Any]:
-    return access.visible(services().db.fetch_one(sql.GET_URL, (url_id,)), "URL not found")
-
-
 @bp.get("/urls/<id:url_id>")
 def get_url(url_id: int) -> Response:
-    return jsonify(url_out(_load(url_id), base_url()))
+    return jsonify(url_out(visible_link(url_id), base_url()))
 
 
 @bp.put("/urls/<id:url_id>")
@@ -75,7 +71,7 @@ def update_url(url_id: int) -> Response:
             raise ApiError(422, "Validation failed", {field: "must not be null"})
     with services().db.transaction() as cur:
         cur.execute(sql.GET_URL_FOR_UPDATE, (url_id,))
-        current = access.visible(cur.fetchone(), "URL not found")
+        current = access.visible(cur.fetchone(), NOT_FOUND)
         cur.execute(sql.UPDATE_URL, {**current, **changes})
         row = cur.fetchone()
         for field, value in changes.items():
@@ -89,7 +85,7 @@ def delete_url(url_id: int) -> Response:
     with services().db.transaction() as cur:
         cur.execute(sql.DELETE_URL, (url_id,))
         # Not the caller's: raising rolls the deletion back.
-        row = access.visible(cur.fetchone(), "URL not found")
+        row = access.visible(cur.fetchone(), NOT_FOUND)
         _event(cur, "deleted", row, {"short_code": row["short_code"]})
     invalidate(row["short_code"])
     return Response(status=204)
