@@ -136,7 +136,7 @@ def _list_events(leading: str | None) -> str:
     the order is (column, id), the same order under the filter, which only the (column, id)
     index of migration 0003 gives: one page reads offset + limit index entries.
 
-    The event type is the exception (migration 0007): its index leaves out the clicks, nearly
+    The event type is the exception (migration 0008): its index leaves out the clicks, nearly
     every row, and only an equality lets the planner prove a query is not about clicks and use
     it, ordered by id under the equality. Clicks are read along the primary key, where nearly
     every row is one.
