@@ -74,6 +74,15 @@ def fault_window(journal: dict) -> tuple[float, float]:
     return min(faults), max(heals) if heals else time.time()
 
 
+def evidence(journal: dict) -> str:
+    """The outputs of the "proof:" activities: what the host said about the fault."""
+    return "; ".join(
+        str(r.get("output") if r.get("status") == "succeeded" else f"proof failed: {r.get('exception', ['?'])[-1]}")
+        for r in journal.get("run", [])
+        if r["activity"]["name"].startswith("proof:")
+    )
+
+
 def extension(experiment: dict) -> dict:
     return next((e for e in experiment.get("extensions", []) if e.get("name") == "shortener"), {})
 
@@ -146,6 +155,7 @@ def run_one(path: Path, inventory: Path, headers: dict[str, str]) -> tuple[Row, 
         alert=ext.get("alert", ""),
         commit=commit(),
         load=load,
+        evidence=evidence(journal),
     )
     fill(row, answers, db)
     if row.alert:
