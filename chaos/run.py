@@ -88,9 +88,12 @@ def extension(experiment: dict) -> dict:
 
 
 def commit() -> str:
-    """The short commit the suite runs at, with "+" when the tree has uncommitted changes."""
+    """The short commit the suite runs at, with "+" when the tree has uncommitted changes other
+    than the suite's own output (which the run itself rewrites after each experiment)."""
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT)
-    dirty = subprocess.run(["git", "status", "--porcelain"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
+    mine = [":(exclude)docs/chaos.md", ":(exclude)docs/chaos-*.md", ":(exclude)docs/img/chaos"]
+    status = ["git", "status", "--porcelain", "--", ".", *mine]
+    dirty = subprocess.run(status, capture_output=True, text=True, cwd=ROOT).stdout.strip()
     return head.stdout.strip() + ("+" if dirty else "")
 
 
