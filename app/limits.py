@@ -33,8 +33,10 @@ from flask import Flask, Response, request
 from flask_limiter import Limit, Limiter, RequestLimit
 from flask_limiter.errors import RateLimitExceeded
 from limits.storage import RedisStorage
+from redis.retry import Retry
 
 from app import access, metrics
+from app.cache import no_retry
 from app.config import Settings
 from app.errors import error_response
 
@@ -100,13 +102,17 @@ def init(app: Flask, settings: Settings) -> Limiter | None:
         "write": settings.rate_limit_write,
         "read": settings.rate_limit_read,
     }
-    options: dict[str, str | int | float] = {}
+    options: dict[str, str | int | float | Retry] = {}
     if settings.redis_url:
         storage_uri = SCHEME_PREFIX + settings.redis_url
         options = {
             "key_prefix": KEY_PREFIX,
             "socket_timeout": settings.redis_socket_timeout,
             "socket_connect_timeout": settings.redis_connect_timeout,
+            # Without it, the first limited request of each process waited ~5 s on a hung
+            # Redis (redis-py's retries) before the in-memory fallback took over, and its
+            # health checks as long again (chaos 06-redis-hang: docs/chaos-suite.md).
+            "retry": no_retry(),
         }
     else:
         storage_uri = "memory://"
@@ -118,7 +124,6 @@ def init(app: Flask, settings: Settings) -> Limiter | None:
                 key_function=_client,
                 scope=lambda _endpoint: _kind(),
                 shared=True,
-                exempt_when=_exempt,
                 on_breach=_on_breach,
             )
         ],
@@ -130,6 +135,10 @@ def init(app: Flask, settings: Settings) -> Limiter | None:
         headers_enabled=False,  # the headers would cost a Redis round trip per request
     )
     limiter.init_app(app)
+    # Not only exempt from the limits: never in the limiter at all. Once its storage failed,
+    # flask-limiter checks it again (with a growing back-off) inside whichever request comes,
+    # the redirect included, which then waits on a hung Redis.
+    limiter.request_filter(_exempt)
 
     @app.errorhandler(RateLimitExceeded)
     def _too_many(exc: RateLimitExceeded) -> Response:

@@ -9,10 +9,14 @@ the instance's Gunicorn master and workers into it, lowers its limit and has the
 its workers again (SIGHUP), so that they start under the limit: a limit set on a running
 process counts only what it allocates from then on (cgroup v1 leaves the charges made before
 the move with the old cgroup). The kernel's OOM killer then kills the workers, the master
-forks new ones into the same cgroup, and they are killed in turn. The master is shielded
-(oom_score_adj -1000) for the fault's time: a killed master ends the fault (systemd starts a
-new one outside the cgroup), and a killed master is 01-instance-kill-one's fault anyway.
-The heal moves every process back, gives the master its own oom_score_adj and removes the cgroup.
+forks new ones into the same cgroup, and they are killed in turn. The kernel kills the
+process with the largest footprint, and a fresh worker's is below the master's (tried: the
+master was the second victim, systemd restarted the unit outside the cgroup and the fault
+ended). Shielding the master (a negative oom_score_adj) needs CAP_SYS_RESOURCE, which the
+machine's sandbox lacks; so a thread raises every worker's oom_score_adj to 1000 (raising
+needs no privilege) as soon as the master has forked it, every 50 ms, and the kernel takes
+workers first. The proof says whether the master lived. The heal stops the thread, moves every
+process back, gives the workers the master's oom_score_adj again and removes the cgroup.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import os
 import re
 import shlex
 import signal
+import threading
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -31,9 +36,11 @@ from chaos.lab import ssh
 
 MEMORY = Path("/sys/fs/cgroup/memory")
 PROC = Path("/proc")
-# What the heal needs (the cgroup, the master and its own oom_score_adj), one file a fault.
+# What the heal and the proof need (the cgroup, the master's pid), one file a fault.
 STATE = Path("/run/shortener-chaos")
 PREFIX = "chaos-oom-"
+# The threads that make the kernel pick workers, by state file; stopped by the heal.
+_PREFER: dict[Path, tuple[threading.Event, threading.Thread]] = {}
 
 
 def memory_cgroup(cgroup_text: str) -> str | None:
@@ -72,10 +79,10 @@ def host_pids(namespace: str, pids: Iterable[int], proc: Path = PROC) -> dict[in
     return found
 
 
-def oom_counters(cgroup: Path) -> tuple[int, int]:
-    """(OOM kills, times the limit was hit) of a v1 memory cgroup: the kernel's own proof."""
+def oom_kills(cgroup: Path) -> int:
+    """The OOM kills in a v1 memory cgroup (`oom_kill` of memory.oom_control): the kernel's proof."""
     control = dict(line.split() for line in (cgroup / "memory.oom_control").read_text().splitlines())
-    return int(control.get("oom_kill", 0)), int((cgroup / "memory.failcnt").read_text())
+    return int(control.get("oom_kill", 0))
 
 
 def _instance(address: str, unit: str) -> tuple[int, list[int]]:
@@ -115,6 +122,27 @@ def _move(cgroup: Path, pids: Iterable[int]) -> None:
             (cgroup / "cgroup.procs").write_text(str(pid))
 
 
+def _children(pid: int) -> list[int]:
+    return [int(p) for p in (PROC / str(pid) / "task" / str(pid) / "children").read_text().split()]
+
+
+def _set_oom_score_adj(pids: Iterable[int], value: str) -> None:
+    for pid in pids:
+        with contextlib.suppress(OSError):  # ended meanwhile
+            (PROC / str(pid) / "oom_score_adj").write_text(value)
+
+
+def _prefer_workers(master: int, stop: threading.Event) -> None:
+    """Every child of the master (its workers, the new ones included) first in the OOM
+    killer's choice; ends with the master or when told."""
+    while not stop.is_set():
+        try:
+            _set_oom_score_adj(_children(master), "1000")
+        except OSError:
+            return  # the master is gone
+        stop.wait(0.05)
+
+
 def limit(address: str, unit: str, size: int, recycle: bool = True) -> str:
     """The fault: the unit's processes in a child memory cgroup limited to `size` bytes."""
     master, pids = _instance(address, unit)
@@ -124,11 +152,14 @@ def limit(address: str, unit: str, size: int, recycle: bool = True) -> str:
     (cgroup / "memory.limit_in_bytes").write_text(str(size))
     if (cgroup / "memory.memsw.limit_in_bytes").exists():  # memory and swap: no way around by swapping
         (cgroup / "memory.memsw.limit_in_bytes").write_text(str(size))
-    adj = PROC / str(master) / "oom_score_adj"
     STATE.mkdir(exist_ok=True)
-    state = {"cgroup": str(cgroup), "master": master, "oom_score_adj": adj.read_text().strip()}
-    _state_file(address, unit).write_text(json.dumps(state))
-    adj.write_text("-1000")
+    state = _state_file(address, unit)
+    state.write_text(json.dumps({"cgroup": str(cgroup), "master": master}))
+    stop = threading.Event()
+    prefer = threading.Thread(target=_prefer_workers, args=(master, stop), daemon=True)
+    prefer.start()
+    _PREFER[state] = (stop, prefer)
+    _set_oom_score_adj(_children(master), "1000")  # before any of them is under the limit
     # The master first, so that what it forks from now on starts inside; then the workers, and
     # again any forked between the listing and the master's move.
     _move(cgroup, [master, *pids])
@@ -144,21 +175,26 @@ def active(address: str, unit: str) -> bool:
 
 
 def proof(address: str, unit: str) -> str:
-    """The kernel's count of OOM kills and limit hits in the fault's cgroup so far."""
+    """The kernel's count of OOM kills in the fault's cgroup so far, and whether the master lived."""
     state = json.loads(_state_file(address, unit).read_text())
-    kills, hits = oom_counters(Path(state["cgroup"]))
-    return f"{kills} OOM kills, limit hit {hits} times (kernel, memory.oom_control / memory.failcnt)"
+    kills = oom_kills(Path(state["cgroup"]))
+    master = "alive" if (PROC / str(state["master"])).exists() else "killed too (the fault ended early)"
+    return f"{kills} OOM kills in the instance's memory cgroup (kernel: memory.oom_control), the master {master}"
 
 
 def release(address: str, unit: str, timeout: float = 30) -> str:
-    """The heal: every process back in the parent cgroup, the master's oom_score_adj back, the
-    cgroup removed. Nothing to do when no fault of this kind is on."""
+    """The heal: every process back in the parent cgroup, the cgroup removed. Nothing to do
+    when no fault of this kind is on."""
     path = _state_file(address, unit)
     if not path.exists():
         return "no machine-side memory limit on"
     state = json.loads(path.read_text())
     cgroup = Path(state["cgroup"])
     counted = proof(address, unit) if cgroup.exists() else ""
+    stop, prefer = _PREFER.pop(path, (threading.Event(), None))
+    stop.set()
+    if prefer is not None:
+        prefer.join()
     deadline = time.monotonic() + timeout
     while cgroup.exists():
         _move(cgroup.parent, [int(p) for p in (cgroup / "cgroup.procs").read_text().split()])
@@ -168,7 +204,8 @@ def release(address: str, unit: str, timeout: float = 30) -> str:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.2)
-    with contextlib.suppress(OSError):  # the master may have ended meanwhile
-        (PROC / str(state["master"]) / "oom_score_adj").write_text(state["oom_score_adj"])
+    with contextlib.suppress(OSError):  # the master's own value for its workers again
+        master_adj = (PROC / str(state["master"]) / "oom_score_adj").read_text().strip()
+        _set_oom_score_adj(_children(state["master"]), master_adj)
     path.unlink()
     return f"{unit}: back in {cgroup.parent}, {cgroup.name} removed; {counted}"

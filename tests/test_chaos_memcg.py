@@ -46,17 +46,15 @@ def test_host_pids_skips_other_namespaces_with_the_same_inner_pid(tmp_path: Path
     assert memcg.host_pids("pid:[4026532002]", [412, 413], proc=tmp_path) == {412: 601}
 
 
-def test_oom_counters_read_the_kernel_files(tmp_path: Path) -> None:
+def test_oom_kills_reads_the_kernel_file(tmp_path: Path) -> None:
     (tmp_path / "memory.oom_control").write_text("oom_kill_disable 0\nunder_oom 1\noom_kill 7\n")
-    (tmp_path / "memory.failcnt").write_text("1234\n")
-    assert memcg.oom_counters(tmp_path) == (7, 1234)
+    assert memcg.oom_kills(tmp_path) == 7
 
 
-def test_the_root_memory_cgroup_has_the_counters_when_cgroup_v1_is_mounted() -> None:
+def test_the_root_memory_cgroup_counts_oom_kills_when_cgroup_v1_is_mounted() -> None:
     if not (memcg.MEMORY / "memory.oom_control").exists():
         pytest.skip("no cgroup v1 memory hierarchy on this machine")
-    kills, hits = memcg.oom_counters(memcg.MEMORY)
-    assert kills >= 0 and hits >= 0
+    assert memcg.oom_kills(memcg.MEMORY) >= 0
 
 
 def test_release_without_a_fault_does_nothing(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -152,6 +152,46 @@ def test_redis_stopped_requests_are_still_served_and_limited_in_memory(
     assert app.test_client().get("/health").status_code == 200
 
 
+def test_a_hung_redis_costs_a_limited_request_one_timeout_not_the_clients_retries(
+    app_factory: Callable[..., Any], blackhole: Any
+) -> None:
+    """chaos 06-redis-hang (docs/chaos-suite.md): redis-py retries a timed-out call ten times by
+    default, with back-offs, so the first limited request of each process waited ~5 s on the
+    hung Redis before flask-limiter fell back to its memory counters, long enough to stall
+    every instance. One timeout now, then the memory counters."""
+    app = app_factory(
+        access_profile="keys",
+        redis_url=f"redis://127.0.0.1:{blackhole.port}/0",
+        redis_socket_timeout=0.2,
+        redis_connect_timeout=0.2,
+        breaker_failure_threshold=1,
+        breaker_reset_seconds=60,
+        rate_limit_read="100/minute",
+    )
+    key, _ = _user_key(app)
+    client = keyed_client(app, key)
+    started = time.perf_counter()
+    assert client.get("/urls").status_code == 200
+    first = time.perf_counter() - started
+    started = time.perf_counter()
+    assert [client.get("/urls").status_code for _ in range(5)] == [200] * 5
+    rest = time.perf_counter() - started
+    # With the retries: 11 timeouts of 0.2 s plus back-offs for the first (and as long for
+    # each health check of the limiter's storage afterwards).
+    assert first < 1.5, f"the first limited request waited {first:.1f} s on the hung Redis"
+    assert rest < 1.5, f"five more waited {rest:.1f} s"
+    assert blackhole.connections <= 4
+    # The redirect never waits on the limiter's storage, not even for its health check, due
+    # again after 1 s (flask-limiter's back-off). The first redirect opens the cache's breaker
+    # (one failure, 60 s), so that no later one connects for the cache either.
+    code = client.post("/urls", json={"original_url": "https://example.com/hung"}).get_json()["short_code"]
+    assert app.test_client().get(f"/{code}").status_code == 302
+    time.sleep(1.1)
+    before = blackhole.connections
+    assert {app.test_client().get(f"/{code}").status_code for _ in range(3)} == {302}
+    assert blackhole.connections == before
+
+
 def test_a_counter_left_without_its_expiry_gets_one_at_the_next_hit(
     app_factory: Callable[..., Any], redis: Any
 ) -> None:
