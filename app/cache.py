@@ -51,16 +51,6 @@ NEGATIVE = "-"
 TOMBSTONE = "!"
 
 # Reads a link and, on a hit, queues its click: the one script the Nginx edge runs as well.
-
-
-def no_retry() -> Retry:
-    """The retry policy of every Redis client in the request path: none. redis-py retries a
-    call that failed on a connection error or a timeout ten times by default (redis 8, with a
-    back-off of up to 1 s), so one call to a hung Redis would wait about 11 timeouts plus the
-    back-offs (~5 s with 0.25 s timeouts) before a breaker or a fallback could even count it."""
-    return Retry(NoBackoff(), 0)
-
-
 _HIT_SCRIPT = (resources.files("app") / "redirect_hit.lua").read_text(encoding="utf-8")
 
 # KEYS[1] link key. ARGV: value, ttl. Fills unless a tombstone is there.
@@ -194,7 +184,9 @@ class Cache:
                 socket_connect_timeout=connect_timeout,
                 decode_responses=True,
                 health_check_interval=0,
-                retry=no_retry(),
+                # redis-py retries a failed call three times by default: that would multiply
+                # every timeout before the breaker could even count a failure.
+                retry=Retry(NoBackoff(), 0),
             )
             self._hit = self.client.register_script(_HIT_SCRIPT)
             self._fill = self.client.register_script(_FILL_SCRIPT)

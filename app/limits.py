@@ -33,10 +33,8 @@ from flask import Flask, Response, request
 from flask_limiter import Limit, Limiter, RequestLimit
 from flask_limiter.errors import RateLimitExceeded
 from limits.storage import RedisStorage
-from redis.retry import Retry
 
 from app import access, metrics
-from app.cache import no_retry
 from app.config import Settings
 from app.errors import error_response
 
@@ -102,17 +100,13 @@ def init(app: Flask, settings: Settings) -> Limiter | None:
         "write": settings.rate_limit_write,
         "read": settings.rate_limit_read,
     }
-    options: dict[str, str | int | float | Retry] = {}
+    options: dict[str, str | int | float] = {}
     if settings.redis_url:
         storage_uri = SCHEME_PREFIX + settings.redis_url
         options = {
             "key_prefix": KEY_PREFIX,
             "socket_timeout": settings.redis_socket_timeout,
             "socket_connect_timeout": settings.redis_connect_timeout,
-            # Without it, the first limited request of each process waited ~5 s on a hung
-            # Redis (redis-py's retries) before the in-memory fallback took over, and its
-            # health checks as long again (chaos 06-redis-hang: docs/chaos-suite.md).
-            "retry": no_retry(),
         }
     else:
         storage_uri = "memory://"
