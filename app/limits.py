@@ -118,7 +118,6 @@ def init(app: Flask, settings: Settings) -> Limiter | None:
                 key_function=_client,
                 scope=lambda _endpoint: _kind(),
                 shared=True,
-                exempt_when=_exempt,
                 on_breach=_on_breach,
             )
         ],
@@ -130,6 +129,10 @@ def init(app: Flask, settings: Settings) -> Limiter | None:
         headers_enabled=False,  # the headers would cost a Redis round trip per request
     )
     limiter.init_app(app)
+    # Not only exempt from the limits: never in the limiter at all. Once its storage failed,
+    # flask-limiter checks it again (with a growing back-off) inside whichever request comes,
+    # the redirect included, which then waits on a hung Redis.
+    limiter.request_filter(_exempt)
 
     @app.errorhandler(RateLimitExceeded)
     def _too_many(exc: RateLimitExceeded) -> Response:

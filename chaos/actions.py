@@ -15,6 +15,7 @@ from pathlib import Path
 
 import requests
 
+from chaos import memcg
 from chaos.lab import ROOT, inventory_hosts, psql, ssh
 
 LOCKER = "chaos-lock"  # application_name of the session that holds the lock on urls
@@ -128,25 +129,33 @@ def _memory_limit_file(unit: str) -> str:
     return f"cg={cg}; f=/sys/fs/cgroup$cg/memory.max; [ -e $f ] || f=/sys/fs/cgroup/memory$cg/memory.limit_in_bytes"
 
 
+def _systemd_limits(unit: str, address: str) -> bool:
+    """Whether systemd can limit the unit's memory on its host: the unit's own limit file is
+    there and writable. Not on the lab's nspawn hosts (the machine runs cgroup v1): the memory
+    controller is mounted read-only in the host, so MemoryMax= is accepted, written to a
+    drop-in and never applied (the first run of 13-oom-instance "passed" without any OOM kill).
+    There chaos/memcg.py sets the limit from the machine's side."""
+    probe = f'{_memory_limit_file(unit)}; if [ -w "$f" ]; then echo yes; fi'
+    return ssh(address, probe).strip() == "yes"
+
+
 def memory_limit_unavailable(unit: str, group: str, configuration: dict) -> str:
-    """Why systemd cannot limit the unit's memory on its host ("" when it can). On the lab's
-    nspawn hosts (the machine runs cgroup v1) the memory controller is mounted read-only in
-    the host, so MemoryMax= is accepted, written to a drop-in and never applied: the first run
-    of 13-oom-instance "passed" without any OOM kill."""
-    probe = f'{_memory_limit_file(unit)}; if [ -w "$f" ]; then echo; else echo "$f"; fi'
-    missing = ssh(host(configuration, group), probe).strip()
-    if not missing:
+    """Why the unit's memory cannot be limited, by systemd or from the machine ("" when it can)."""
+    address = host(configuration, group)
+    if _systemd_limits(unit, address):
         return ""
-    return (
-        f"systemd cannot limit the memory of {unit} on this host ({missing} is missing or read-only: "
-        "an nspawn host on a cgroup v1 machine); needs a VM or a cgroup v2 host"
-    )
+    reason = memcg.unavailable(address, unit)
+    return reason and f"systemd cannot limit the memory of {unit} on its host, nor this machine: {reason}"
 
 
-def memory_max(unit: str, value: str, group: str, configuration: dict) -> str:
-    """Sets MemoryMax= of a running unit until the next boot (below its use: the OOM killer),
-    and fails unless the kernel holds the limit (a limit systemd could not apply is no fault)."""
+def memory_max(unit: str, value: str, group: str, configuration: dict, machine_value: str = "") -> str:
+    """The unit's memory limit below its use: the OOM killer. By systemd (MemoryMax=`value` until
+    the next boot) where it can; failing that (the lab), from the machine's side with
+    `machine_value`, which counts only what the instance allocates from the fault on
+    (chaos/memcg.py). Fails unless the kernel holds the limit (a limit not applied is no fault)."""
     where = host(configuration, group)
+    if not _systemd_limits(unit, where):
+        return memcg.limit(where, unit, parse_size(machine_value or value))
     ssh(where, f"systemctl set-property --runtime {shlex.quote(unit)} MemoryMax={value}")
     applied = ssh(where, f'{_memory_limit_file(unit)}; cat "$f"', check=False).strip()
     wanted = str(parse_size(value))
@@ -161,10 +170,23 @@ def parse_size(value: str) -> int:
     return int(value.rstrip("KMGkmg")) * factor
 
 
+def oom_kills(unit: str, group: str, configuration: dict) -> str:
+    """The proof that the fault was one: the kernel's count of OOM kills under the limit
+    (the machine-side cgroup's, or the unit's cgroup v2 memory.events)."""
+    where = host(configuration, group)
+    if memcg.active(where, unit):
+        return memcg.proof(where, unit)
+    cg = f"$(systemctl show -p ControlGroup --value {shlex.quote(unit)})"
+    events = ssh(where, f"grep -h '^oom_kill ' /sys/fs/cgroup{cg}/memory.events", check=False).split()
+    return f"{events[-1] if events else '?'} OOM kills (kernel, the unit's memory.events)"
+
+
 def clear_memory_max(unit: str, group: str, configuration: dict) -> str:
-    """Back to the unit's own limit: the runtime setting removed."""
+    """Back to the unit's own limit: the runtime setting removed, the machine-side cgroup gone."""
+    where = host(configuration, group)
     drop_in = f"/run/systemd/system.control/{unit}.d/50-MemoryMax.conf"
-    return ssh(host(configuration, group), f"rm -f {shlex.quote(drop_in)} && systemctl daemon-reload")
+    ssh(where, f"rm -f {shlex.quote(drop_in)} && systemctl daemon-reload")
+    return memcg.release(where, unit)
 
 
 def fill_database_fs(size_mb: int, configuration: dict) -> str:

@@ -40,6 +40,9 @@ class Row:
     load: str = ""
     # Why the experiment did not run on this host (its precondition), empty when it ran.
     not_run: str = ""
+    # What the experiment's "proof:" activities read from the host that the fault was one
+    # (13: the kernel's count of OOM kills), shown next to its title.
+    evidence: str = ""
 
 
 def failed(answer: Answer) -> bool:

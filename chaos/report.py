@@ -98,9 +98,10 @@ def write(rows: list[Row], header: str, suite: str) -> Path:
         if r.not_run:
             lines.append(f"| {r.name} {r.title} | not run | {r.not_run} |" + " - |" * 8 + f" {ran} |")
             continue
+        proof = f" ({r.evidence})" if r.evidence else ""
         alert = "none expected" if not r.alert else f"{r.alert} {_seconds(r.alert_after, 'not received')}"
         lines.append(
-            f"| [{r.name}](img/chaos/{r.name}.png) {r.title} | {r.status} | {r.heal_at - r.fault_at:.0f} s "
+            f"| [{r.name}](img/chaos/{r.name}.png) {r.title}{proof} | {r.status} | {r.heal_at - r.fault_at:.0f} s "
             f"| {_errors(r.errors_fault)} | {_errors(r.errors_after)} | {100 * r.hot_served:.1f}% "
             f"| {_seconds(r.recovery, 'not within the run')} | {alert} | {r.creates_acked} / {r.creates_lost} "
             f"| {r.clicks_answered} / {r.clicks_lost} | {r.p99_fault_ms:.0f} ms | {ran} |"

@@ -74,14 +74,26 @@ def fault_window(journal: dict) -> tuple[float, float]:
     return min(faults), max(heals) if heals else time.time()
 
 
+def evidence(journal: dict) -> str:
+    """The outputs of the "proof:" activities: what the host said about the fault."""
+    return "; ".join(
+        str(r.get("output") if r.get("status") == "succeeded" else f"proof failed: {r.get('exception', ['?'])[-1]}")
+        for r in journal.get("run", [])
+        if r["activity"]["name"].startswith("proof:")
+    )
+
+
 def extension(experiment: dict) -> dict:
     return next((e for e in experiment.get("extensions", []) if e.get("name") == "shortener"), {})
 
 
 def commit() -> str:
-    """The short commit the suite runs at, with "+" when the tree has uncommitted changes."""
+    """The short commit the suite runs at, with "+" when the tree has uncommitted changes other
+    than the suite's own output (which the run itself rewrites after each experiment)."""
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT)
-    dirty = subprocess.run(["git", "status", "--porcelain"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
+    mine = [":(exclude)docs/chaos.md", ":(exclude)docs/chaos-*.md", ":(exclude)docs/img/chaos"]
+    status = ["git", "status", "--porcelain", "--", ".", *mine]
+    dirty = subprocess.run(status, capture_output=True, text=True, cwd=ROOT).stdout.strip()
     return head.stdout.strip() + ("+" if dirty else "")
 
 
@@ -146,6 +158,7 @@ def run_one(path: Path, inventory: Path, headers: dict[str, str]) -> tuple[Row, 
         alert=ext.get("alert", ""),
         commit=commit(),
         load=load,
+        evidence=evidence(journal),
     )
     fill(row, answers, db)
     if row.alert:

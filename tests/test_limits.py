@@ -152,6 +152,38 @@ def test_redis_stopped_requests_are_still_served_and_limited_in_memory(
     assert app.test_client().get("/health").status_code == 200
 
 
+def test_a_hung_redis_is_never_waited_on_by_the_redirect_for_the_limiter(
+    app_factory: Callable[..., Any], blackhole: Any
+) -> None:
+    """chaos 06-redis-hang (docs/chaos-suite.md): once the limiter's storage failed,
+    flask-limiter checks it again (after 1, 2, 4 ... s) inside whichever request comes next, the
+    redirect included, which then waited a timeout on the hung Redis. The endpoints that are
+    never limited do not enter the limiter at all now. A limited request costs one timeout."""
+    app = app_factory(
+        access_profile="keys",
+        redis_url=f"redis://127.0.0.1:{blackhole.port}/0",
+        redis_socket_timeout=0.2,
+        redis_connect_timeout=0.2,
+        breaker_failure_threshold=1,
+        breaker_reset_seconds=60,
+        rate_limit_read="100/minute",
+    )
+    key, _ = _user_key(app)
+    client = keyed_client(app, key)
+    started = time.perf_counter()
+    assert client.get("/urls").status_code == 200
+    first = time.perf_counter() - started
+    assert first < 1.5, f"the first limited request waited {first:.1f} s on the hung Redis"
+    # The first redirect opens the cache's breaker (one failure, 60 s), so that no later one
+    # connects for the cache; then a check of the limiter's storage is due (after 1 s).
+    code = client.post("/urls", json={"original_url": "https://example.com/hung"}).get_json()["short_code"]
+    assert app.test_client().get(f"/{code}").status_code == 302
+    time.sleep(1.1)
+    before = blackhole.connections
+    assert {app.test_client().get(f"/{code}").status_code for _ in range(3)} == {302}
+    assert blackhole.connections == before
+
+
 def test_a_counter_left_without_its_expiry_gets_one_at_the_next_hit(
     app_factory: Callable[..., Any], redis: Any
 ) -> None:
