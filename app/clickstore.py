@@ -153,7 +153,7 @@ def maintain(db: Database, settings: Settings, today: date | None = None) -> dic
 def fill_spans(db: Database) -> int | None:
     """click_spans rebuilt from click_daily, once (migration 0007 made it empty); the rows made,
     or None when it was done before. Under a SHARE lock on click_daily: the click writers wait
-    (seconds at ten million clicks), so nothing is missed or counted twice, whatever release
+    (22 s at 5.9 million clicks, docs/analytics.md), so nothing is missed or counted twice, whatever release
     wrote the daily rows. Never needed again: every writer since updates both in one statement."""
     if db.fetch_one(sql.SPANS_FILLED) is not None:
         return None
