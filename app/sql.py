@@ -187,7 +187,18 @@ COUNT_CLICKS = "SELECT count(*) AS n FROM events WHERE url_id = %s AND event_typ
 # click worker (WRITE_CLICKS) and the analytics benchmark's generator (loadtests/bench_stats.py)
 # both use this one text, so generated statistics are counted exactly as real ones.
 RAW_RETURNING = "url_id, ts, visitor, is_bot, browser, os, device, referrer_domain"
-CLICK_ROLLUPS = """
+# click_spans (migration 0007): per link, the sums of aligned runs of SPAN_DAYS days, so that
+# GET /stats/top reads a few rows per link whatever the range (app/spans.py cuts a range into
+# whole runs and single days). A run of n days starts on a day whose number since SPAN_EPOCH
+# is a multiple of n; each size divides the next, so the runs nest. mod(), not the % operator:
+# this text runs both through psycopg2 (where % marks a parameter) and through psql.
+SPAN_DAYS = (4, 16, 64)
+SPAN_EPOCH = "1970-01-01"
+# The span rows of the per-day rows of {daily} (url_id, day, clicks, bots, uniques).
+_SPANS_OF = f"""SELECT z.days, x.day - mod(mod(x.day - DATE '{SPAN_EPOCH}', z.days) + z.days, z.days), x.url_id,
+           sum(x.clicks), sum(x.bots), sum(x.uniques)
+    FROM {{daily}} x CROSS JOIN (VALUES {", ".join(f"({n})" for n in SPAN_DAYS)}) AS z(days) GROUP BY 1, 2, 3"""
+CLICK_ROLLUPS = f"""
 hourly AS (
     INSERT INTO click_hourly AS h (url_id, hour, clicks, bots)
     SELECT url_id, date_trunc('hour', ts), count(*), count(*) FILTER (WHERE is_bot) FROM raw
@@ -197,15 +208,21 @@ hourly AS (
     INSERT INTO click_visitors (url_id, day, visitor)
     SELECT DISTINCT url_id, ts::date, visitor FROM raw ORDER BY 1, 2, 3
     ON CONFLICT DO NOTHING RETURNING url_id, day
-), daily AS (
-    INSERT INTO click_daily AS d (url_id, day, clicks, bots, uniques)
-    SELECT r.url_id, r.day, r.clicks, r.bots, COALESCE(s.n, 0)
+), per_day AS (
+    SELECT r.url_id, r.day, r.clicks, r.bots, COALESCE(s.n, 0) AS uniques
     FROM (SELECT url_id, ts::date AS day, count(*) AS clicks, count(*) FILTER (WHERE is_bot) AS bots
           FROM raw GROUP BY 1, 2) r
     LEFT JOIN (SELECT url_id, day, count(*) AS n FROM seen GROUP BY 1, 2) s USING (url_id, day)
-    ORDER BY 1, 2
+), daily AS (
+    INSERT INTO click_daily AS d (url_id, day, clicks, bots, uniques)
+    SELECT url_id, day, clicks, bots, uniques FROM per_day ORDER BY 1, 2
     ON CONFLICT (url_id, day) DO UPDATE
     SET clicks = d.clicks + EXCLUDED.clicks, bots = d.bots + EXCLUDED.bots, uniques = d.uniques + EXCLUDED.uniques
+), spans AS (
+    INSERT INTO click_spans AS p (days, start_day, url_id, clicks, bots, uniques)
+    {_SPANS_OF.format(daily="per_day")} ORDER BY 1, 2, 3
+    ON CONFLICT (days, start_day, url_id) DO UPDATE
+    SET clicks = p.clicks + EXCLUDED.clicks, bots = p.bots + EXCLUDED.bots, uniques = p.uniques + EXCLUDED.uniques
 ), dims AS (
     INSERT INTO click_dims AS m (url_id, day, dimension, value, clicks)
     SELECT url_id, ts::date, x.dimension, x.value, count(*)
@@ -252,6 +269,18 @@ DELETE FROM click_visitors WHERE day < {NOW}::date - 1
 INSERT_VISITOR_KEY = "INSERT INTO visitor_keys (day, key) VALUES (%s, %s) ON CONFLICT DO NOTHING"
 VISITOR_KEY = "SELECT key FROM visitor_keys WHERE day = %s"
 
+# click_spans rebuilt from click_daily, once (migration 0007 made it empty): under a SHARE lock,
+# which waits for the writers in flight and holds off new ones, so that nothing an older
+# release's click worker wrote (it knows no spans) is missed, and nothing counted twice.
+SPANS_FILLED = "SELECT filled_at, spans FROM click_spans_filled"
+FILL_SPANS = (
+    "SET LOCAL statement_timeout = 0",  # the service's is seconds; this runs once, as long as it takes
+    "LOCK TABLE click_daily IN SHARE MODE",
+    "DELETE FROM click_spans",
+    "INSERT INTO click_spans (days, start_day, url_id, clicks, bots, uniques) " + _SPANS_OF.format(daily="click_daily"),
+    "INSERT INTO click_spans_filled (spans) SELECT count(*) FROM click_spans RETURNING spans",
+)
+
 # Whether the backfill once ran to the end (migration 0006), and the record that it did.
 BACKFILL_DONE = "SELECT finished_at, events FROM clicks_backfill"
 BACKFILL_FINISHED = "INSERT INTO clicks_backfill (events) VALUES (%s) ON CONFLICT DO NOTHING"
@@ -272,27 +301,6 @@ FROM clicks
 WHERE url_id = %(url_id)s
   AND (%(ts)s::timestamp IS NULL OR (ts, click_id) > (%(ts)s::timestamp, %(click_id)s))
 ORDER BY ts, click_id LIMIT %(limit)s
-"""
-
-STATS_SERIES = """
-SELECT date_trunc(%(unit)s, hour) AS bucket, sum(clicks) AS clicks, sum(bots) AS bots FROM click_hourly
-WHERE url_id = %(url_id)s AND hour >= %(start)s AND hour < %(end)s GROUP BY 1
-"""
-STATS_DAILY = """
-SELECT day, uniques FROM click_daily
-WHERE url_id = %(url_id)s AND day >= %(start)s::date AND day < %(end)s::date
-"""
-STATS_DIMENSIONS = """
-SELECT dimension, value, sum(clicks) AS clicks FROM click_dims
-WHERE url_id = %(url_id)s AND day >= %(start)s::date AND day < %(end)s::date
-GROUP BY 1, 2 ORDER BY 1, 3 DESC, value COLLATE "C"
-"""
-STATS_TOP = """
-SELECT d.url_id, u.short_code, sum(d.clicks) AS clicks, sum(d.bots) AS bots, sum(d.uniques) AS uniques
-FROM click_daily d JOIN urls u ON u.id = d.url_id
-WHERE d.day >= %(start)s::date AND d.day < %(end)s::date AND u.deleted_at IS NULL
-  AND (%(owner_id)s::bigint IS NULL OR u.user_id = %(owner_id)s)
-GROUP BY 1, 2 ORDER BY 3 DESC, 1 LIMIT %(limit)s
 """
 
 # --- seed loading ------------------------------------------------------------------------

@@ -13,7 +13,8 @@
    rank r gets a share proportional to r^-s (``--zipf``, default 1). Every field comes from a
    hash of the click id, so the data is the same on every run and a repeated day inserts
    nothing (``ON CONFLICT DO NOTHING``, as a redelivered click); days already there are
-   skipped. No events rows are written: the statistics never read them.
+   skipped. No events rows are written: the statistics never read them. ``--sessions`` (2)
+   psql sessions generate alternate days side by side.
 2. **Measurement**: real HTTP requests through Nginx with the admin key, one keep-alive
    connection, ``--warmup`` unmeasured then ``--requests`` measured per endpoint: the hottest
    link's stats over the whole range per day and per hour, and ``/stats/top`` over the range.
@@ -32,11 +33,12 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from urllib.parse import urlparse
 
-from app import sql
+from app import spans, sql, sql_stats
 from labkit.hosts import DEFAULT_TARGET
 from labkit.ssh import ssh_argv
 from loadtests import apikey, labssh
@@ -69,7 +71,7 @@ REFERRERS = (
 REFERRER_TAIL = 300  # blogN.example: the long tail of referring sites
 BOT_PER_1024 = 100  # about 10 % bots
 # Two -c: psql runs one -c's statements in one transaction, where VACUUM may not run.
-VACUUM = "-c 'VACUUM (ANALYZE) click_hourly, click_daily, click_dims' -c 'ANALYZE clicks'"
+VACUUM = "-c 'VACUUM (ANALYZE) click_hourly, click_daily, click_dims, click_spans' -c 'ANALYZE clicks'"
 
 
 def _array(values: Iterable[str]) -> str:
@@ -79,6 +81,8 @@ def _array(values: Iterable[str]) -> str:
 def _literal(value: object) -> str:
     if value is None:
         return "NULL"
+    if isinstance(value, list):
+        return "'{" + ",".join(str(v) for v in value) + "}'"
     if isinstance(value, int | float):
         return str(value)
     return "'" + str(value).replace("'", "''") + "'"
@@ -145,17 +149,23 @@ def days_of(end: date, days: int) -> list[date]:
     return [end - timedelta(days=days - i) for i in range(days)]
 
 
+# The worker's maintenance forgets the visitor lists of days before yesterday (sql.PRUNE_VISITORS);
+# here only the generated day's, so that sessions working side by side never delete the same rows.
+PRUNE_DAY = f"DELETE FROM click_visitors WHERE day = '{{day}}' AND day < {sql.NOW}::date - 1"
+
+
 def generate_script(days: list[date], args: argparse.Namespace) -> str:
-    """psql input: per day one transaction (partition, clicks + rollups, the worker's pruning of
-    old visitor lists)."""
+    """psql input: per day one transaction (partition, clicks + rollups, then the day's visitor
+    list forgotten as the worker's maintenance would). work_mem large enough for the day's sorts
+    and aggregates to stay in memory (the server's default spills them to disk)."""
     parts = []
     for day in days:
         parts.append(
-            "BEGIN;\nSET LOCAL statement_timeout = 0;\n"
+            "BEGIN;\nSET LOCAL statement_timeout = 0;\nSET LOCAL work_mem = '128MB';\n"
             f"SELECT 'partition ' || clicks_partition('{day.isoformat()}');\n"
             + day_sql(day, args.links, args.clicks, args.days, args.zipf).strip()
             + ";\n"
-            + sql.PRUNE_VISITORS.strip()
+            + PRUNE_DAY.format(day=day.isoformat())
             + ";\nCOMMIT;\n"
         )
     return "".join(parts)
@@ -170,10 +180,11 @@ def owner_psql(host: str, script: str, timeout: float = 600) -> list[str]:
     proc.stdin.write(script)
     proc.stdin.close()
     lines = []
-    deadline = time.monotonic() + timeout
+    started = time.monotonic()
+    deadline = started + timeout
     for line in proc.stdout:
         lines.append(line.rstrip("\n"))
-        print(f"    {lines[-1]}", flush=True)
+        print(f"    [{time.monotonic() - started:7.1f} s] {lines[-1]}", flush=True)
         if time.monotonic() > deadline:
             proc.kill()
             raise RuntimeError("psql on the host took longer than its timeout")
@@ -193,7 +204,13 @@ def generate(host: str, args: argparse.Namespace, end: date) -> dict[str, object
     todo = [d for d in day_list if d.isoformat() not in have]
     print(f"--- generating {len(todo)} of {len(day_list)} days ({len(have)} already there)", flush=True)
     if todo:
-        owner_psql(host, generate_script(todo, args), timeout=args.generate_timeout)
+        # Days side by side in --sessions psql sessions: their rows differ in every key but the
+        # spans' (runs of days several days share), where one upsert waits for the other's
+        # commit, both in key order, so without deadlock; and a month's new partition, which the
+        # second session's clicks_partition waits for.
+        with ThreadPoolExecutor(args.sessions) as pool:
+            scripts = [generate_script(todo[i :: args.sessions], args) for i in range(args.sessions)]
+            list(pool.map(lambda script: owner_psql(host, script, args.generate_timeout), scripts))
         # Autovacuum gets there too, later; the measurement should not depend on when. As the
         # superuser: the owner's role carries the service's statement timeout.
         labssh.ssh(host, f"runuser -u postgres -- psql -d shortener -XqAt {VACUUM}", timeout=args.generate_timeout)
@@ -212,8 +229,9 @@ def data_size(host: str, hot_id: int, start: date, end: date) -> dict[str, objec
       'click_hourly_size', pg_size_pretty(pg_total_relation_size('click_hourly')),
       'click_daily_size', pg_size_pretty(pg_total_relation_size('click_daily')),
       'click_dims_size', pg_size_pretty(pg_total_relation_size('click_dims')),
+      'click_spans_size', pg_size_pretty(pg_total_relation_size('click_spans')),
       'rollup_rows', (SELECT json_object_agg(relname, reltuples::bigint) FROM pg_class
-                      WHERE relname IN ('click_hourly', 'click_daily', 'click_dims')),
+                      WHERE relname IN ('click_hourly', 'click_daily', 'click_dims', 'click_spans')),
       'database_size', pg_size_pretty(pg_database_size(current_database())))"""
     return json.loads(labssh.psql(host, " ".join(q.split())))
 
@@ -259,10 +277,12 @@ def paths(hot_id: int, start: date, end: date) -> dict[str, str]:
 
 def explain(host: str, name: str, hot_id: int, start: date, end: date) -> str:
     """EXPLAIN ANALYZE of the queries behind an endpoint, with the endpoint's parameters."""
-    params = {"url_id": hot_id, "start": f"{start} 00:00:00", "end": f"{end} 00:00:00", "owner_id": None}
-    params["unit"] = "hour" if name == "stats_hour" else "day"
-    params["limit"] = 10
-    queries = [sql.STATS_TOP] if name == "top" else [sql.STATS_SERIES, sql.STATS_DAILY, sql.STATS_DIMENSIONS]
+    days, runs = spans.cover(start, end)
+    params: dict[str, object] = {"url_id": hot_id, "start": f"{start} 00:00:00", "end": f"{end} 00:00:00"}
+    params |= {"day_end": f"{end} 00:00:00", "owner_id": None, "limit": 10, "days": [str(d) for d in days]}
+    params |= {"span_days": [n for n, _ in runs], "span_starts": [str(first) for _, first in runs]}
+    series = sql_stats.STATS_SERIES_HOUR if name == "stats_hour" else sql_stats.STATS_SERIES_DAY
+    queries = [sql_stats.STATS_TOP] if name == "top" else [series, sql_stats.STATS_DIMENSIONS]
     out = []
     for query in queries:
         text = query % {k: _literal(v) for k, v in params.items()}
@@ -299,6 +319,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--requests", type=int, default=200, help="measured requests per endpoint")
     parser.add_argument("--warmup", type=int, default=5, help="unmeasured requests per endpoint first")
     parser.add_argument("--generate-timeout", type=float, default=7200)
+    parser.add_argument("--sessions", type=int, default=2, help="psql sessions generating days side by side")
     parser.add_argument("--skip-generate", action="store_true", help="measure the data already there")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     apikey.add_argument(parser)

@@ -61,8 +61,8 @@ def truncate(stack: DevStack) -> None:
     try:
         with conn, conn.cursor() as cur:
             cur.execute(
-                "TRUNCATE api_keys, events, urls, users, clicks, click_hourly, click_daily, click_dims,"
-                " click_visitors, visitor_keys, clicks_backfill RESTART IDENTITY CASCADE"
+                "TRUNCATE api_keys, events, urls, users, clicks, click_hourly, click_daily, click_dims, click_spans,"
+                " click_visitors, visitor_keys, clicks_backfill, click_spans_filled RESTART IDENTITY CASCADE"
             )
     finally:
         conn.close()

@@ -3,10 +3,12 @@ with hand-computed expectations, privacy, partitions and retention, the upgrade 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import threading
 import time
+from collections.abc import Callable, Iterator
 from datetime import UTC, date, datetime
 
 import pytest
@@ -14,7 +16,7 @@ import pytest
 from app import clickparse, clicks, clickstore, clickworker
 from app import migrate as migrations
 from app import sql as sql_text
-from app.config import get_settings
+from app.config import Settings, get_settings
 from app.db import Database, DatabaseUnavailable
 from tests import test_clickworker
 from tests.conftest import make_settings
@@ -228,17 +230,32 @@ def test_the_worker_maintains_the_partitions_on_start(worker_parts, sql):
     assert sql("SELECT count(*) FROM pg_class WHERE relname = %s", (month,)) == [(1,)]
 
 
-def test_upgrade_of_a_database_that_already_holds_clicks(stack, monkeypatch):
-    """0003 with clicks in events -> 0004 -> backfill: nothing lost, statistics filled."""
+@contextlib.contextmanager
+def database_before(stack, monkeypatch, version: str) -> Iterator[tuple[Database, Settings, Callable[[], list[str]]]]:
+    """An empty database migrated up to ``version`` (excluded), with user 1 owning link 1
+    ("old"); the third item applies the remaining migrations and returns their versions."""
     stack.reset_database()
     settings = make_settings(stack)
     db = Database(settings.database_url, 2, 10, 3)
+    every = migrations.migration_files()
+
+    def upgrade() -> list[str]:
+        monkeypatch.setattr(migrations, "migration_files", lambda: every)
+        return migrations.migrate(db, settings)
+
     try:
-        every = migrations.migration_files()
-        monkeypatch.setattr(migrations, "migration_files", lambda: [m for m in every if m[0] < "0004"])
+        monkeypatch.setattr(migrations, "migration_files", lambda: [m for m in every if m[0] < version])
         migrations.migrate(db, settings)
         db.execute("INSERT INTO users (username, email) VALUES ('old', 'old@example.com')")
         db.execute("INSERT INTO urls (user_id, short_code, original_url) VALUES (1, 'old', 'https://example.com/')")
+        yield db, settings, upgrade
+    finally:
+        db.close()
+
+
+def test_upgrade_of_a_database_that_already_holds_clicks(stack, monkeypatch):
+    """0003 with clicks in events -> 0004 -> backfill: nothing lost, statistics filled."""
+    with database_before(stack, monkeypatch, "0004") as (db, settings, upgrade):
         for i, (ts, agent, _, referrer) in enumerate(CLICK_SET):
             details = {"short_code": "old", "referrer": referrer or None, "user_agent": agent}
             db.execute(
@@ -246,12 +263,13 @@ def test_upgrade_of_a_database_that_already_holds_clicks(stack, monkeypatch):
                 " VALUES (1, 1, 'click', %s, %s, %s)",
                 (ts, json.dumps(details), f"old-{i}"),
             )
-        monkeypatch.setattr(migrations, "migration_files", lambda: every)
-        assert migrations.migrate(db, settings) == [v for v, _ in every if v >= "0004"]
-        assert clickstore.backfill(db, settings) == {"backfilled": 7, "done_before": None}
+        applied = upgrade()
+        assert applied == [v for v, _ in migrations.migration_files() if v >= "0004"]
+        # Two days of one link: one run of each size holds both (2026-11-27 .. for 4 days, ...).
+        assert clickstore.backfill(db, settings) == {"backfilled": 7, "done_before": None, "spans_filled": 3}
         # Finished once: every later run (the shortener role's, after each converge) does nothing.
         again = clickstore.backfill(db, settings)
-        assert again["backfilled"] == 0 and again["done_before"]
+        assert again["backfilled"] == 0 and again["done_before"] and again["spans_filled"] is None
         # A run that never recorded its end (interrupted) feeds everything again: counted once.
         db.execute("DELETE FROM clicks_backfill")
         assert clickstore.backfill(db, settings)["backfilled"] == 7
@@ -260,8 +278,6 @@ def test_upgrade_of_a_database_that_already_holds_clicks(stack, monkeypatch):
         # Old clicks carry no address: a visitor is its user agent on that day (day 1: Chrome,
         # iPhone; day 2: iPhone, Googlebot, Chrome).
         assert (totals["c"], totals["b"], totals["u"]) == (7, 1, 5)
-    finally:
-        db.close()
 
 
 def test_several_consumers_in_one_process_share_the_stream(make_url, worker_parts, redis, sql):
@@ -320,7 +336,7 @@ def test_the_maintenance_and_backfill_commands(clean, monkeypatch, capsys):
     assert clickstore.main(["maintain"]) == 0
     assert json.loads(capsys.readouterr().out)["ensured"][0] == datetime.now(UTC).strftime("clicks_%Y_%m")
     assert clickstore.main(["backfill"]) == 0
-    assert json.loads(capsys.readouterr().out) == {"backfilled": 0, "done_before": None}
+    assert json.loads(capsys.readouterr().out) == {"backfilled": 0, "done_before": None, "spans_filled": 0}
     assert clickstore.main(["backfill"]) == 0  # ran to the end once: now it does nothing
     assert json.loads(capsys.readouterr().out)["done_before"]
     get_settings.cache_clear()

@@ -17,6 +17,7 @@ ROLLUPS = {
     "click_hourly": "SELECT url_id, hour, clicks, bots FROM click_hourly ORDER BY 1, 2",
     "click_daily": "SELECT url_id, day, clicks, bots, uniques FROM click_daily ORDER BY 1, 2",
     "click_dims": "SELECT url_id, day, dimension, value, clicks FROM click_dims ORDER BY 1, 2, 3, 4",
+    "click_spans": "SELECT days, start_day, url_id, clicks, bots, uniques FROM click_spans ORDER BY 1, 2, 3",
 }
 RAW = "SELECT ts, click_id, url_id, visitor, is_bot, browser, os, device, referrer_domain FROM clicks ORDER BY 1, 2"
 
@@ -56,7 +57,7 @@ def test_generated_rollups_are_the_workers_and_match_the_raw_rows(sql):
     assert sorted(r for r in generated["click_dims"] if r[2] == "browser") == sorted(browsers)
 
     # The same raw clicks through the click worker's statement: the same rollups.
-    sql("TRUNCATE clicks, click_hourly, click_daily, click_dims, click_visitors, events RESTART IDENTITY")
+    sql("TRUNCATE clicks, click_hourly, click_daily, click_dims, click_spans, click_visitors, events RESTART IDENTITY")
     payload = [
         {
             "click_id": click_id,
