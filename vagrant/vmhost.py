@@ -181,6 +181,13 @@ def configure_rootfs(root: Path, mirror: str, security_mirror: str) -> None:
 
 def make_image(root: Path, work: Path, size_gb: int) -> None:
     """box.img (qcow2) from the folder, and the kernel and initrd libvirt boots."""
+    # mke2fs -d copies whatever it finds: a /proc or /sys debootstrap left mounted would go in.
+    prefix = f"{root.resolve()}/"
+    for mountpoint in reversed([line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()]):
+        if mountpoint.startswith(prefix):
+            run(["umount", "--lazy", mountpoint])
+    if not list((root / "boot").glob("initrd.img-*")):
+        run(["chroot", str(root), "update-initramfs", "-c", "-k", "all"], quiet=True)
     for name, pattern in (("vmlinuz", "vmlinuz-*"), ("initrd.img", "initrd.img-*")):
         found = sorted((root / "boot").glob(pattern))
         if not found:
