@@ -3,6 +3,10 @@
 The files' quirks are handled here: ``is_active`` is ``True``/``False``, timestamps use a
 space instead of ``T``, event ``details`` is a JSON string, usernames may repeat. Rows already
 present (same id) are kept. Afterwards every id sequence is moved past the largest id.
+
+It migrates first, so it runs as the role that owns the schema when
+``SHORTENER_MIGRATE_DATABASE_URL`` is set (a deployment: the service's own role may not create
+tables nor move sequences), like ``python -m app.migrate``.
 """
 
 from __future__ import annotations
@@ -102,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     settings = get_settings()
     configure_logging(settings.log_level)
-    db = Database(settings.database_url, 1, 30.0, settings.db_connect_timeout)
+    db = Database(settings.migrate_database_url or settings.database_url, 1, 30.0, settings.db_connect_timeout)
     try:
         migrate(db, settings)
         counts = load(db, args.directory)

@@ -1,13 +1,18 @@
 """Latency under a fixed offered load: hey sends paced redirects over many open connections.
 
-    python -m loadtests.openloop                          # 500, 1000, 1500, 2000 req/s, 1000 connections
+    python -m loadtests.openloop                          # 1000, 2000, 4000, 8000 req/s, 1000 connections
     python -m loadtests.openloop --rates 2000 --seconds 60
 
 wrk is a closed loop: each connection sends its next request when the last one is answered,
 so its latency is connections / throughput. Here every connection sends at a fixed pace
 (``hey -q``: one request every 1/q s, whatever the answers do), so the offered load is fixed
-and the latency shows what a request waits for at that load. The issue's target: p99 under
-50 ms at 2,000 redirects/s over 1,000 open connections.
+and the latency shows what a request waits for at that load. The targets (issue 14, hot
+redirects answered by the edge): p99 under 10 ms at 2,000 redirects/s and under 50 ms at
+8,000/s over 1,000 open connections.
+
+The load generator runs on the same two cores as the stack, so each step also prints the CPU
+the hey processes used (cores busy on average over the step, from the children's rusage): when
+it nears the machine's cores, the generator, not the stack, limits the rate it can offer.
 
 The connections are split over several hey processes (``--per-process``, 25 by default),
 started spread over one period (1/q s). All connections of one hey send together (each
@@ -33,6 +38,7 @@ import csv
 import io
 import math
 import os
+import resource
 import secrets
 import shutil
 import subprocess
@@ -65,6 +71,7 @@ def run_step(url: str, rate: int, connections: int, per_process: int, seconds: i
     # so the processes start spread over one period: bursts of --per-process requests at even
     # intervals, not one burst of every connection at once.
     period = 1 / qps
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.monotonic()
     procs = []
     for k, size in enumerate(sizes):
@@ -83,6 +90,9 @@ def run_step(url: str, rate: int, connections: int, per_process: int, seconds: i
         for row in csv.DictReader(io.StringIO(stdout)):
             latencies.append(float(row["response-time"]))
             statuses[row["status-code"]] = statuses.get(row["status-code"], 0) + 1
+    wall = time.monotonic() - started
+    used = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (used.ru_utime - usage.ru_utime) + (used.ru_stime - usage.ru_stime)
     out.write_text("".join(raw))
     latencies.sort()
     ok = statuses.get("302", 0)
@@ -97,6 +107,7 @@ def run_step(url: str, rate: int, connections: int, per_process: int, seconds: i
         "errors": len(latencies) - ok,
         "statuses": statuses,
         "ok": ok,
+        "gen_cores": cpu / wall,
     }
 
 
@@ -104,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--target", default=DEFAULT_TARGET)
     parser.add_argument("--lab-host", default=None, help="SSH address of the host (default: the target's)")
-    parser.add_argument("--rates", default="500,1000,1500,2000", help="offered requests/s, one step each")
+    parser.add_argument("--rates", default="1000,2000,4000,8000", help="offered requests/s, one step each")
     parser.add_argument("--connections", type=int, default=1000)
     parser.add_argument("--per-process", type=int, default=25, help="connections per hey process (at most 500)")
     parser.add_argument("--seconds", type=int, default=30, help="seconds per step")
@@ -130,41 +141,52 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     failed = False
     try:
-        for i, rate in enumerate(int(r) for r in args.rates.split(",")):
-            if i:
-                time.sleep(args.pause)
-            before = int(labssh.psql(host, clicks_query))
-            load = os.getloadavg()[0]
-            print(f"--- {rate} req/s offered over {args.connections} connections for {args.seconds} s", flush=True)
-            row = run_step(
-                url, rate, args.connections, args.per_process, args.seconds, args.out / f"openloop-{run_id}-{rate}.csv"
-            )
-            row["load_before"] = load
-            # The clicks of this step: the queue drains within seconds once the load stops.
-            counts = bench.wait_for_clicks(host, {"step": (clicks_query, before + row["ok"])}, timeout=120)
-            row["clicks"] = counts["step"] - before
-            # A request hey gave up on (time-out) may still have been served and counted.
-            row["click_check"] = row["ok"] <= row["clicks"] <= row["ok"] + row["errors"]
-            failed |= not row["click_check"]
-            print(
-                f"    sent {row['sent']}, 302/s {row['rps_302']:.0f}, p50 {row['p50_ms']:.1f} ms, "
-                f"p95 {row['p95_ms']:.1f} ms, p99 {row['p99_ms']:.1f} ms, max {row['max_ms']:.0f} ms, "
-                f"errors {row['errors']} {row['statuses']}; clicks {row['clicks']} for {row['ok']} 302s "
-                f"({'OK' if row['click_check'] else 'MISMATCH'})",
-                flush=True,
-            )
-            rows.append(row)
+        with labssh.limits_exempt(host) as exempted:
+            print(f"abuse limits lifted for {exempted} on {host} for the run", flush=True)
+            for i, rate in enumerate(int(r) for r in args.rates.split(",")):
+                if i:
+                    time.sleep(args.pause)
+                before = int(labssh.psql(host, clicks_query))
+                load = os.getloadavg()[0]
+                print(f"--- {rate} req/s offered over {args.connections} connections for {args.seconds} s", flush=True)
+                row = run_step(
+                    url,
+                    rate,
+                    args.connections,
+                    args.per_process,
+                    args.seconds,
+                    args.out / f"openloop-{run_id}-{rate}.csv",
+                )
+                row["load_before"] = load
+                # The clicks of this step: the queue drains within seconds once the load stops.
+                counts = bench.wait_for_clicks(host, {"step": (clicks_query, before + row["ok"])}, timeout=120)
+                row["clicks"] = counts["step"] - before
+                # A request hey gave up on (time-out) may still have been served and counted.
+                row["click_check"] = row["ok"] <= row["clicks"] <= row["ok"] + row["errors"]
+                failed |= not row["click_check"]
+                print(
+                    f"    sent {row['sent']}, 302/s {row['rps_302']:.0f}, p50 {row['p50_ms']:.1f} ms, "
+                    f"p95 {row['p95_ms']:.1f} ms, p99 {row['p99_ms']:.1f} ms, max {row['max_ms']:.0f} ms, "
+                    f"errors {row['errors']} {row['statuses']}; hey used {row['gen_cores']:.2f} cores; "
+                    f"clicks {row['clicks']} for {row['ok']} 302s "
+                    f"({'OK' if row['click_check'] else 'MISMATCH'})",
+                    flush=True,
+                )
+                rows.append(row)
     finally:
         bench.cleanup(host, run_id, link, None)
 
     print(f"\nopen-loop run {run_id}: hey, {args.connections} connections, {args.seconds} s a step; {facts}")
-    print("\n| offered req/s | 302/s | p50 ms | p95 ms | p99 ms | max ms | errors | clicks / 302s | load before |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---|---:|")
+    print(
+        "\n| offered req/s | 302/s | p50 ms | p95 ms | p99 ms | max ms | errors | clicks / 302s "
+        "| hey cores | load before |"
+    )
+    print("|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|")
     for r in rows:
         print(
             f"| {r['offered']} | {r['rps_302']:.0f} | {r['p50_ms']:.1f} | {r['p95_ms']:.1f} | {r['p99_ms']:.1f} "
             f"| {r['max_ms']:.0f} | {r['errors']} of {r['sent']} | {r['clicks']} / {r['ok']} "
-            f"{'OK' if r['click_check'] else 'MISMATCH'} | {r['load_before']:.2f} |"
+            f"{'OK' if r['click_check'] else 'MISMATCH'} | {r['gen_cores']:.2f} | {r['load_before']:.2f} |"
         )
     return 3 if failed else 0
 

@@ -29,7 +29,8 @@ EDGE_LUA = REPO_ROOT / "ansible/roles/nginx/files/shortener_edge.lua"
 HIT_SCRIPT = REPO_ROOT / "app/redirect_hit.lua"
 REDIS_CLIENT = Path("/usr/share/lua/5.1/nginx/redis.lua")
 
-# The edge settings the nginx role writes from its nginx_edge_* defaults (edge_settings.lua.j2).
+# The edge settings the nginx role writes from its nginx_edge_* defaults (edge_settings.lua.j2),
+# with a shorter Redis timeout, breaker pause and pool than the role's, so the tests are quick.
 DEFAULTS: dict[str, Any] = {
     "key_prefix": "shortener:url:",
     "stream": "shortener:clicks",

@@ -66,6 +66,18 @@ def test_seed_tolerates_odd_values(clean, tmp_path, sql, _schema):
     assert sql("SELECT title, user_id FROM urls") == [(None, None)]
 
 
+def test_seed_command_runs_as_the_schema_owner_when_a_migration_url_is_set(clean, tmp_path, sql, monkeypatch):
+    # A deployment's service role may not migrate: the seed (which migrates first) takes the
+    # migration URL, as python -m app.migrate does; the service's own URL is not used at all.
+    (tmp_path / "users.csv").write_text("id,username,email,created_at\n7,a,a@x.io,2025-01-01 00:00:00\n")
+    (tmp_path / "urls.csv").write_text("id,user_id,short_code,original_url,title,is_active,created_at,updated_at\n")
+    (tmp_path / "events.csv").write_text("id,url_id,user_id,event_type,timestamp,details\n")
+    monkeypatch.setenv("SHORTENER_DATABASE_URL", "postgresql://nobody:wrong@127.0.0.1:1/none")
+    monkeypatch.setenv("SHORTENER_MIGRATE_DATABASE_URL", clean.database_url)
+    assert seed.main([str(tmp_path)]) == 0
+    assert sql("SELECT id, username FROM users") == [(7, "a")]
+
+
 def test_three_instances_migrating_at_once_apply_each_migration_once(stack):
     stack.reset_database()
     settings = make_settings(stack)
