@@ -33,7 +33,7 @@ CANARY_ADDR ?= $(LAB_ADDR)
 MOLECULE_ARGS ?=
 export ANSIBLE_CONFIG := $(ROOT)/ansible/ansible.cfg
 
-.PHONY: help deps venv requirements lint test test-service test-molecule test-cluster up down dev seed clean loadtest bench bench-stats openloop restore-drill chaos canary-demo chaos-cluster
+.PHONY: help deps vagrant-deps vagrant-box vagrant-up vagrant-verify vagrant-down venv requirements lint test test-service test-molecule test-cluster up down dev seed clean loadtest bench bench-stats openloop restore-drill chaos canary-demo chaos-cluster
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -91,22 +91,96 @@ test-cluster: venv ## the Molecule cluster scenario (lb, two app hosts, db, cach
 	cd $(ROOT) && PATH=$(BIN):$$PATH $(BIN)/molecule destroy -s cluster
 	PATH=$(BIN):$$PATH $(BIN)/molecule test -s cluster $(MOLECULE_ARGS)
 
+# What `make up` and `make vagrant-up` print about a deployed host: $(1) is its address (a make
+# value, or a shell variable written $$name).
+define TRY_IT
+echo "try it:"
+	echo "  curl -s -X POST http://$(1)/urls -H 'Content-Type: application/json' -d '{\"original_url\": \"https://www.debian.org/\"}'"
+	echo "  curl -si http://$(1)/<short_code>   # 302 to the original URL"
+	echo "HTTPS too: curl --cacert ansible/.secrets/lab_ca/ca.crt https://$(1)/health"
+	echo "the admin API key (keys profile: everything but links, redirects and /health needs a key) is in"
+	echo "  ansible/.secrets/shortener_admin_api_key"
+	echo "  curl -s 'http://$(1)/events?event_type=click' -H \"Authorization: Bearer \$$(cat ansible/.secrets/shortener_admin_api_key)\""
+	echo "logs in a browser: https://$(1):8443/logs/  (lab CA: ansible/.secrets/lab_ca/ca.crt; user operator, password in ansible/.secrets/journal_gateway_password)"
+endef
+
 up: venv ## deploy the whole stack to a local lab host and print where it answers
 	start=$$(date +%s)
 	$(LAB) up $(LAB_HOST)
 	cd $(ROOT)/ansible && $(BIN)/ansible-playbook -i inventories/lab playbooks/site.yml
 	echo
 	echo "shortener answers at http://$(LAB_ADDR)/  (deployed in $$(( $$(date +%s) - start )) s)"
-	echo "try it:"
-	echo "  curl -s -X POST http://$(LAB_ADDR)/urls -H 'Content-Type: application/json' -d '{\"original_url\": \"https://www.debian.org/\"}'"
-	echo "  curl -si http://$(LAB_ADDR)/<short_code>   # 302 to the original URL"
-	echo "HTTPS too: curl --cacert ansible/.secrets/lab_ca/ca.crt https://$(LAB_ADDR)/health"
-	echo "the admin API key (keys profile: everything but links, redirects and /health needs a key) is in"
-	echo "  ansible/.secrets/shortener_admin_api_key"
-	echo "  curl -s 'http://$(LAB_ADDR)/events?event_type=click' -H \"Authorization: Bearer \$$(cat ansible/.secrets/shortener_admin_api_key)\""
-	echo "logs in a browser: https://$(LAB_ADDR):8443/logs/  (lab CA: ansible/.secrets/lab_ca/ca.crt; user operator, password in ansible/.secrets/journal_gateway_password)"
+	$(call TRY_IT,$(LAB_ADDR))
 	echo "pages sent to the lab's Discord sink: python3 lab/lab.py ssh lab-aio curl -s 127.0.0.1:9095/messages"
 	echo "shell on the host: python3 lab/lab.py shell lab-aio;  remove it: make down"
+
+# --- The Vagrant path (issue 15; docs/deployment.md "The Vagrant path") ------------------------
+# One VM under libvirt from a box built here (no box can be downloaded), provisioned by
+# vagrant/Vagrantfile with site.yml. Not in `make deps` or CI: libvirt and qemu are big, and the
+# VM is slow where KVM does not work (emulation).
+VAGRANT_APT_PACKAGES := vagrant vagrant-libvirt libvirt-daemon-system qemu-system-x86 qemu-utils \
+                        dnsmasq-base debootstrap e2fsprogs iptables
+VAGRANT_BOX     ?= shortener/debian12
+# The VM's libvirt network (Vagrant's management network, NAT): vagrant/Vagrantfile's defaults.
+VAGRANT_NETWORK := shortener-vagrant
+# Boxes, the qemu wrapper and the record of the daemons the targets started. Not under /root:
+# qemu runs as libvirt-qemu and reads the box's kernel and initrd from VAGRANT_HOME.
+VAGRANT_STATE   ?= /var/lib/shortener-vagrant
+# kvm needs hardware virtualisation (the kvm_intel or kvm_amd module); anything else (no KVM,
+# or a nested KVM that boots no stock Debian kernel) means emulation.
+VAGRANT_LIBVIRT_DRIVER ?= $(shell [ -e /sys/module/kvm_intel ] || [ -e /sys/module/kvm_amd ] && echo kvm || echo qemu)
+VAGRANT_NICE    ?= 10
+# Grafana's package repository is not a registry this machine may reach (make up's lab skips it too).
+VAGRANT_GRAFANA ?= false
+VMHOST  := cd $(ROOT) && SHORTENER_VAGRANT_STATE_DIR=$(VAGRANT_STATE) VAGRANT_HOME=$(VAGRANT_STATE)/vagrant.d VAGRANT_CHECKPOINT_DISABLE=1 python3 -m vagrant.vmhost
+VAGRANT_ENV := VAGRANT_HOME=$(VAGRANT_STATE)/vagrant.d VAGRANT_CHECKPOINT_DISABLE=1 VAGRANT_DEFAULT_PROVIDER=libvirt \
+               SHORTENER_VAGRANT_BOX=$(VAGRANT_BOX) SHORTENER_VAGRANT_LIBVIRT_DRIVER=$(VAGRANT_LIBVIRT_DRIVER) \
+               SHORTENER_VAGRANT_GRAFANA=$(VAGRANT_GRAFANA) SHORTENER_VAGRANT_BOOT_TIMEOUT=1800
+VAGRANT := cd $(ROOT)/vagrant && env $(VAGRANT_ENV) PATH=$(BIN):$$PATH vagrant
+
+vagrant-deps: ## the Debian packages of the Vagrant path (vagrant, vagrant-libvirt, libvirt, qemu; only those missing)
+	missing=""
+	for p in $(VAGRANT_APT_PACKAGES); do dpkg-query -W -f='$${Status}' "$$p" 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; done
+	if [ -n "$$missing" ]; then
+	  echo "installing:$$missing"
+	  export DEBIAN_FRONTEND=noninteractive
+	  apt-get update -qq
+	  apt-get install -y -qq --no-install-recommends $$missing >/dev/null
+	fi
+
+vagrant-box: vagrant-deps ## build the Debian 12 box for Vagrant's libvirt provider from Debian packages, add it to Vagrant (VAGRANT_BOX)
+	start=$$(date +%s)
+	$(VMHOST) box --name $(VAGRANT_BOX)
+	echo "box $(VAGRANT_BOX) built in $$(( $$(date +%s) - start )) s (VAGRANT_HOME=$(VAGRANT_STATE)/vagrant.d)"
+
+vagrant-up: venv vagrant-deps ## boot the VM with libvirt (starting its daemons), provision it with site.yml, print where it answers
+	$(VAGRANT) box list | grep -q '^$(VAGRANT_BOX) ' || { echo "no box $(VAGRANT_BOX): make vagrant-box first"; exit 1; }
+	# qemu under nice (the machine is shared; under emulation the VM takes every core it is given).
+	export SHORTENER_VAGRANT_EMULATOR=$$($(VMHOST) start --nice $(VAGRANT_NICE))
+	start=$$(date +%s)
+	$(VAGRANT) up --provider=libvirt --no-provision
+	boot=$$(( $$(date +%s) - start ))
+	echo "VM up (SSH answers) in $$boot s, driver $(VAGRANT_LIBVIRT_DRIVER); provisioning with site.yml"
+	$(VAGRANT) provision || { echo "provisioning FAILED after $$(( $$(date +%s) - start - boot )) s"; exit 1; }
+	addr=$$($(VAGRANT) ssh-config | awk '$$1 == "HostName" {print $$2}')
+	echo
+	echo "shortener answers at http://$$addr/  (boot $$boot s, provisioning $$(( $$(date +%s) - start - boot )) s)"
+	$(call TRY_IT,$$addr)
+	echo "vagrant by hand: cd vagrant && env $(VAGRANT_ENV) vagrant ssh|provision|halt;  remove it: make vagrant-down"
+
+# The inventory Vagrant wrote at the first provisioning: the VM, its groups, how to connect.
+VAGRANT_INVENTORY := $(ROOT)/vagrant/.vagrant/provisioners/ansible/inventory/vagrant_ansible_inventory
+VAGRANT_VERIFY    ?= molecule/default/tests
+vagrant-verify: venv ## the default scenario's verify tests against the VM (VAGRANT_VERIFY='file ...' for some)
+	[ -e $(VAGRANT_INVENTORY) ] || { echo "no $(VAGRANT_INVENTORY): make vagrant-up first"; exit 1; }
+	cd $(ROOT) && PATH=$(BIN):$$PATH MOLECULE_INVENTORY_FILE=$(VAGRANT_INVENTORY) $(PY) -m pytest -p no:cacheprovider \
+	  --connection=ansible --ansible-inventory=$(VAGRANT_INVENTORY) $(VAGRANT_VERIFY)
+
+vagrant-down: ## destroy the VM, remove its libvirt network, stop the libvirt daemons vagrant-up started
+	if ! command -v vagrant >/dev/null; then echo "vagrant is not installed: nothing to remove"; exit 0; fi
+	$(VMHOST) start >/dev/null
+	$(VAGRANT) destroy -f
+	$(VMHOST) stop --network $(VAGRANT_NETWORK)
 
 restore-drill: venv ## restore the latest backup (or RESTORE_TARGET='YYYY-MM-DD HH:MM:SS', UTC) onto a fresh lab host: data compared, RTO printed
 	name=$(firstword $(subst =, ,$(DRILL_HOST))); addr=$(lastword $(subst =, ,$(DRILL_HOST)))

@@ -31,7 +31,8 @@ MAY_IMPORT = {
     "loadtests": {"app", "labkit"},  # app: bench_stats generates clicks with the worker's SQL
     "molecule": {"labkit"},
     "chaos": {"labkit"},
-    "tests": {"app", "chaos", "devstack", "lab", "labkit", "loadtests"},
+    "vagrant": {"lab"},  # vmhost.py builds the box with the lab's Debian facts (suite, mirrors, packages)
+    "tests": {"app", "chaos", "devstack", "lab", "labkit", "loadtests", "vagrant"},
 }
 PROJECT_PACKAGES = set(MAY_IMPORT)
 
