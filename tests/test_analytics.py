@@ -232,7 +232,7 @@ def test_upgrade_of_a_database_that_already_holds_clicks(stack, monkeypatch):
     """0003 with clicks in events -> 0004 -> backfill: nothing lost, statistics filled."""
     stack.reset_database()
     settings = make_settings(stack)
-    db = Database(settings.database_url, 2, 10, 3)
+    db = Database(settings.database_url, 2, 10, settings.db_connect_options)
     try:
         every = migrations.migration_files()
         monkeypatch.setattr(migrations, "migration_files", lambda: [m for m in every if m[0] < "0004"])
