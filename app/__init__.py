@@ -29,7 +29,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         settings.database_url,
         settings.db_pool_max,
         settings.db_pool_timeout,
-        settings.db_connect_timeout,
+        settings.db_connect_options,
     )
     cache = Cache(
         settings.redis_url,

@@ -214,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     settings = get_settings()
     configure_logging(settings.log_level)
-    db = Database(settings.database_url, 1, 30.0, settings.db_connect_timeout)
+    db = Database(settings.database_url, 1, 30.0, settings.db_connect_options)
     try:
         if args.command == "maintain":
             print(json.dumps(maintain(db, settings)))

@@ -255,7 +255,7 @@ def main() -> int:
     if port:
         start_http_server(int(port), addr=host or "127.0.0.1")
     threads = settings.clickworker_threads
-    db = Database(settings.database_url, threads + 1, 10.0, settings.db_connect_timeout)
+    db = Database(settings.database_url, threads + 1, 10.0, settings.db_connect_options)
     client = redis.Redis.from_url(
         settings.redis_url,
         socket_timeout=max(settings.redis_socket_timeout, settings.clickworker_block_ms / 1000 + 2),

@@ -23,6 +23,14 @@ class Settings(BaseSettings):
     db_pool_timeout: float = Field(2.0, gt=0, description="seconds to wait for a free pooled connection")
     db_connect_timeout: int = Field(3, ge=1)
     db_statement_timeout_ms: int = Field(5000, ge=100)
+    # Dead-peer detection on every database connection (libpq's TCP options). A peer that
+    # vanishes without a FIN or RST (a partition, a host powered off, a relay gone) otherwise
+    # holds a call for the kernel's defaults: ~2 h of silence before the first keepalive, ~15
+    # min of retransmissions for a query sent into the void. These bound both to ~20 s.
+    db_keepalives_idle: int = Field(10, ge=1, description="seconds of silence before the first probe")
+    db_keepalives_interval: int = Field(5, ge=1, description="seconds between unanswered probes")
+    db_keepalives_count: int = Field(3, ge=1, description="unanswered probes that end the connection")
+    db_tcp_user_timeout_ms: int = Field(20000, ge=0, description="ms sent data may stay unacknowledged; 0: kernel's")
 
     # Redis: the redirect cache and the click queue. Empty disables Redis altogether.
     redis_url: str = "redis://127.0.0.1:6379/0"
@@ -134,6 +142,18 @@ class Settings(BaseSettings):
     events_drain_max: int = Field(5000, ge=0)
     # How far above the largest id a bulk-imported row's id may be.
     bulk_id_headroom: int = Field(1_000_000, ge=1)
+
+    @property
+    def db_connect_options(self) -> dict[str, int]:
+        """libpq connection parameters for every connection the service opens (app/db.py)."""
+        return {
+            "connect_timeout": self.db_connect_timeout,
+            "keepalives": 1,
+            "keepalives_idle": self.db_keepalives_idle,
+            "keepalives_interval": self.db_keepalives_interval,
+            "keepalives_count": self.db_keepalives_count,
+            "tcp_user_timeout": self.db_tcp_user_timeout_ms,
+        }
 
 
 @lru_cache(maxsize=1)

@@ -13,7 +13,7 @@ import os
 import select
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -58,12 +58,13 @@ class Database:
         dsn: str,
         maxconn: int,
         wait_timeout: float,
-        connect_timeout: int,
+        connect_options: Mapping[str, int],
     ) -> None:
         self._dsn = dsn
         self._maxconn = maxconn
         self._wait_timeout = wait_timeout
-        self._connect_timeout = connect_timeout
+        # connect_timeout and the dead-peer options (Settings.db_connect_options)
+        self._connect_options = dict(connect_options)
         self._lock = threading.Lock()
         self._idle: list[psycopg2.extensions.connection] = []
         self._slots = threading.BoundedSemaphore(maxconn)
@@ -82,7 +83,7 @@ class Database:
                     self._pid = os.getpid()
 
     def _connect(self) -> psycopg2.extensions.connection:
-        conn = psycopg2.connect(self._dsn, connect_timeout=self._connect_timeout, application_name="shortener")
+        conn = psycopg2.connect(self._dsn, application_name="shortener", **self._connect_options)
         conn.autocommit = True
         return conn
 

@@ -179,7 +179,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = get_settings()
     # Only warnings: stdout carries the result (a new key must be the only thing on it).
     configure_logging("WARNING")
-    db = Database(settings.database_url, 1, 30.0, settings.db_connect_timeout)
+    db = Database(settings.database_url, 1, 30.0, settings.db_connect_options)
     try:
         # Like the service: where the deployment migrates as the schema's owner, this role
         # may not (and need not) change the schema.

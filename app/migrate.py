@@ -56,7 +56,7 @@ def main() -> int:
 
     settings = get_settings()
     configure_logging(settings.log_level)
-    db = Database(settings.migrate_database_url or settings.database_url, 1, 30.0, settings.db_connect_timeout)
+    db = Database(settings.migrate_database_url or settings.database_url, 1, 30.0, settings.db_connect_options)
     try:
         applied = migrate(db, settings)
     finally:

@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     settings = get_settings()
     configure_logging(settings.log_level)
-    db = Database(settings.migrate_database_url or settings.database_url, 1, 30.0, settings.db_connect_timeout)
+    db = Database(settings.migrate_database_url or settings.database_url, 1, 30.0, settings.db_connect_options)
     try:
         migrate(db, settings)
         counts = load(db, args.directory)

@@ -308,11 +308,15 @@ def delay(group: str, peer_group: str, ms: int, configuration: dict, port: int =
 
 def undelay(group: str, configuration: dict) -> str:
     """The heal: no new connection through the relay, and the relay delays nothing more (the
-    connections it carries stay up, as a removed qdisc leaves them)."""
+    connections it carries stay up, as a removed qdisc leaves them). Only the redirect rules
+    go: the nat chain must stay, for while a nat chain of the family exists the kernel goes on
+    translating the connections redirected before; deleting the table (as the first run did)
+    left every relayed connection talking to an address that no longer answered for it, and
+    both click workers hung on one (docs/chaos-suite.md)."""
     return "".join(
         ssh(
             member,
-            f"nft delete table ip {DELAY_TABLE}; systemctl kill --signal=USR1 '{DELAY_UNIT}-*.service'",
+            f"nft flush chain ip {DELAY_TABLE} output; systemctl kill --signal=USR1 '{DELAY_UNIT}-*.service'",
             check=False,
         )
         for member in peers(configuration, group, False)
@@ -320,9 +324,15 @@ def undelay(group: str, configuration: dict) -> str:
 
 
 def stop_delay(configuration: dict, group: str = "app") -> str:
-    """After the measurement: the relays stopped (the pools reconnect directly), the script gone."""
+    """After the measurement: the relays stopped, which resets every connection they carried
+    (their clients learn it through the still-present nat chain; the pools reconnect directly),
+    then the table and the script gone."""
     return "".join(
-        ssh(member, f"systemctl stop '{DELAY_UNIT}-*.service'; rm -f {DELAY_SCRIPT}", check=False)
+        ssh(
+            member,
+            f"systemctl stop '{DELAY_UNIT}-*.service'; nft delete table ip {DELAY_TABLE}; rm -f {DELAY_SCRIPT}",
+            check=False,
+        )
         for member in peers(configuration, group, False)
     )
 

@@ -8,7 +8,8 @@ Like netem on the client's outgoing packets, each chunk the client sends leaves 
 upstream DELAY_MS after it arrived (in order, none held back by another), the connection's
 opening waits DELAY_MS too (the SYN), and answers come back at once. SIGUSR1 sets the delay to
 0 for what arrives from then on (the heal: connections already relayed stay up, as they would
-when a qdisc is removed); SIGTERM ends the relay and its connections.
+when a qdisc is removed); SIGTERM resets every connection it relays, both sides (an RST, so no
+client is left waiting on a relay that is gone), and ends the relay.
 
 The upstream sockets carry MARK (SO_MARK) so that the nftables rule sending the client's
 connections here can let the relay's own through. Copied to the app hosts and run there by
@@ -18,14 +19,18 @@ chaos.actions.delay (Debian's python3, standard library only).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import socket
+import struct
 import sys
 import time
 from collections.abc import Coroutine
 from typing import Any
 
 CHUNK = 65536
+# SO_LINGER on, 0 s: close() sends an RST and drops what is unsent.
+LINGER_RESET = struct.pack("ii", 1, 0)
 
 
 async def together(*coroutines: Coroutine[Any, Any, None]) -> None:
@@ -45,6 +50,7 @@ class Relay:
         self.upstream = upstream
         self.delay = delay
         self.mark = mark
+        self.relayed: set[asyncio.StreamWriter] = set()  # both sides of every open connection
 
     async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -93,6 +99,8 @@ class Relay:
         except OSError:
             client_writer.close()
             return
+        pair = {client_writer, upstream_writer}
+        self.relayed |= pair
         try:
             # Either side failing (reset, refused write) ends both: the client sees what a
             # broken link would show it.
@@ -100,11 +108,24 @@ class Relay:
         except (OSError, RuntimeError):
             pass
         finally:
+            self.relayed -= pair
             upstream_writer.close()
             client_writer.close()
 
     def heal(self) -> None:
         self.delay = 0.0
+
+    def reset(self) -> None:
+        """Every relayed connection ended at once with an RST on both sides: a FIN could be
+        lost with the redirect that carried it, and a peer that is merely closed gracefully
+        may wait for the rest of an answer that never comes."""
+        for writer in list(self.relayed):
+            sock = writer.get_extra_info("socket")
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RESET)
+            writer.transport.abort()
+        self.relayed.clear()
 
 
 async def serve(port: int, relay: Relay) -> None:
@@ -115,6 +136,7 @@ async def serve(port: int, relay: Relay) -> None:
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     async with server:
         await stop.wait()
+        relay.reset()
 
 
 def main(argv: list[str]) -> int:

@@ -52,7 +52,7 @@ def _work(name: str, stack_urls: tuple[str, str], ready, cpu) -> None:
     ready.wait()
     started = time.process_time()  # every thread of this process, from here on
     settings = make_settings_from(stack_urls)
-    db = Database(settings.database_url, max(4, settings.clickworker_threads + 1), 10, 3)
+    db = Database(settings.database_url, max(4, settings.clickworker_threads + 1), 10, settings.db_connect_options)
     client = redis_lib.Redis.from_url(settings.redis_url, decode_responses=True)
     threads = []
     for i in range(getattr(settings, "clickworker_threads", 1)):

@@ -236,7 +236,7 @@ def database_before(stack, monkeypatch, version: str) -> Iterator[tuple[Database
     ("old"); the third item applies the remaining migrations and returns their versions."""
     stack.reset_database()
     settings = make_settings(stack)
-    db = Database(settings.database_url, 2, 10, 3)
+    db = Database(settings.database_url, 2, 10, settings.db_connect_options)
     every = migrations.migration_files()
 
     def upgrade() -> list[str]:

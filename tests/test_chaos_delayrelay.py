@@ -23,9 +23,15 @@ DELAY_MS = 300
 
 
 class Echo(socketserver.BaseRequestHandler):
+    """Echoes; notes in its server's `ends` how each connection ended ("eof" or "reset")."""
+
     def handle(self) -> None:
-        while data := self.request.recv(65536):
-            self.request.sendall(data)
+        try:
+            while data := self.request.recv(65536):
+                self.request.sendall(data)
+            self.server.ends.append("eof")  # type: ignore[attr-defined]
+        except ConnectionResetError:
+            self.server.ends.append("reset")  # type: ignore[attr-defined]
 
 
 def free_port() -> int:
@@ -35,9 +41,10 @@ def free_port() -> int:
 
 
 @pytest.fixture
-def relay() -> Iterator[tuple[int, subprocess.Popen]]:
+def relay() -> Iterator[tuple[int, subprocess.Popen, list[str]]]:
     echo = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Echo)
     echo.daemon_threads = True
+    echo.ends = []  # type: ignore[attr-defined]
     threading.Thread(target=echo.serve_forever, daemon=True).start()
     port = free_port()
     argv = [sys.executable, str(RELAY), str(port), "127.0.0.1", str(echo.server_address[1]), str(DELAY_MS)]
@@ -45,7 +52,7 @@ def relay() -> Iterator[tuple[int, subprocess.Popen]]:
     deadline = time.monotonic() + 10
     while not port_open("127.0.0.1", port, 0.2) and time.monotonic() < deadline:
         time.sleep(0.05)
-    yield port, proc
+    yield port, proc, echo.ends  # type: ignore[attr-defined]
     proc.terminate()
     proc.wait(10)
     echo.shutdown()
@@ -63,7 +70,7 @@ def round_trip(sock: socket.socket, data: bytes) -> float:
 
 
 def test_each_round_trip_waits_the_delay_once_and_the_heal_ends_it(relay):
-    port, proc = relay
+    port, proc, _ = relay
     started = time.monotonic()
     with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
         # the opening is delayed too: the first answer comes after two delays (SYN, data)
@@ -79,7 +86,7 @@ def test_each_round_trip_waits_the_delay_once_and_the_heal_ends_it(relay):
 
 
 def test_order_and_bytes_are_kept_and_eof_passes_through(relay):
-    port, _ = relay
+    port, _, _ = relay
     payload = bytes(range(256)) * 4096  # 1 MiB, many chunks
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
         sender = threading.Thread(target=sock.sendall, args=(payload,))
@@ -91,6 +98,23 @@ def test_order_and_bytes_are_kept_and_eof_passes_through(relay):
         assert bytes(got) == payload
         sock.shutdown(socket.SHUT_WR)
         assert sock.recv(1) == b""  # the echo server saw the end and closed its side
+
+
+def test_the_stop_resets_every_relayed_connection_on_both_sides(relay):
+    """A client must learn at once that the relay is gone (an RST: a FIN can be lost with the
+    redirect that carried it, and libpq would wait on a half-closed link), and so must the
+    upstream, whose session would otherwise linger."""
+    port, proc, ends = relay
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        round_trip(sock, b"up")
+        proc.terminate()
+        assert proc.wait(10) == 0
+        with pytest.raises(ConnectionResetError):
+            sock.recv(1)
+    deadline = time.monotonic() + 5
+    while "reset" not in ends and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert ends.count("reset") == 1  # ours (the fixture's readiness probe ended with an "eof")
 
 
 def test_an_unreachable_upstream_closes_the_client(tmp_path):

@@ -17,7 +17,7 @@ from tests.conftest import make_settings
 @pytest.fixture
 def worker_parts(clean):
     settings = make_settings(clean, clickworker_batch_size=50, clickworker_block_ms=100)
-    db = Database(settings.database_url, 2, 5, 2)
+    db = Database(settings.database_url, 2, 5, settings.db_connect_options)
     client = redis_lib.Redis.from_url(settings.redis_url, decode_responses=True, socket_timeout=5)
     yield settings, db, client
     db.close()
@@ -187,7 +187,7 @@ def test_concurrent_writers_of_overlapping_clicks_never_deadlock(make_url, clean
     written: list[int] = []
 
     def writer(seed: int) -> None:
-        db = Database(settings.database_url, 1, 5, 2)
+        db = Database(settings.database_url, 1, 5, settings.db_connect_options)
         rng = random.Random(seed)
         try:
             for _ in range(8):

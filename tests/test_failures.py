@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 
 import pytest
 
 from app.cache import KEY_PREFIX
+from app.config import Settings
 
 
 @pytest.fixture
@@ -198,3 +200,36 @@ def test_redis_out_of_memory_still_redirects_and_keeps_the_click(app_factory, ma
     finally:
         redis.config_set("maxmemory", "0")
     assert sql("SELECT count(*) FROM events WHERE event_type = 'click'")[0][0] == 4
+
+
+def tcp_options(fileno: int) -> tuple[int, ...]:
+    """SO_KEEPALIVE, TCP_KEEPIDLE, TCP_KEEPINTVL, TCP_KEEPCNT, TCP_USER_TIMEOUT of a socket."""
+    sock = socket.fromfd(fileno, socket.AF_INET, socket.SOCK_STREAM)  # a dup: closing it leaves libpq's
+    try:
+        return (
+            sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE),
+            sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE),
+            sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL),
+            sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT),
+            sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT),
+        )
+    finally:
+        sock.close()
+
+
+def test_database_connections_carry_the_dead_peer_options(app_factory, clean):
+    """A peer that vanishes silently (partition, relay gone) must not hold a call for the
+    kernel's defaults (2 h before the first keepalive, no user timeout): the settings' options
+    are on the real socket to PgBouncer (the click worker, migrations and CLIs pass the same
+    Settings.db_connect_options to their pools)."""
+    options = {"db_keepalives_idle": 7, "db_keepalives_interval": 4, "db_keepalives_count": 2}
+    app = app_factory(db_tcp_user_timeout_ms=9000, **options)
+    with app.extensions["shortener"].db.connection() as conn:
+        assert conn.info.port == clean.pgbouncer_port
+        assert tcp_options(conn.fileno()) == (1, 7, 4, 2, 9000)
+
+
+def test_the_default_dead_peer_options_give_up_well_within_a_minute():
+    settings = Settings()
+    assert settings.db_keepalives_idle + settings.db_keepalives_interval * settings.db_keepalives_count < 60
+    assert 0 < settings.db_tcp_user_timeout_ms < 60_000

@@ -55,7 +55,7 @@ def test_seed_tolerates_odd_values(clean, tmp_path, sql, _schema):
         "id,url_id,user_id,event_type,timestamp,details\n1,1,,created,2025-01-01 00:00:00,not json\n"
         '2,1,1,created,2025-01-01 00:00:00,"[1]"\n'
     )
-    db = Database(clean.database_url, 1, 5, 3)
+    db = Database(clean.database_url, 1, 5, make_settings(clean).db_connect_options)
     try:
         assert seed.load(db, tmp_path) == {"users": 2, "urls": 1, "events": 2}
     finally:
@@ -86,7 +86,7 @@ def test_three_instances_migrating_at_once_apply_each_migration_once(stack):
     barrier = threading.Barrier(3)
 
     def run() -> None:
-        db = Database(settings.database_url, 1, 30, 3)
+        db = Database(settings.database_url, 1, 30, settings.db_connect_options)
         try:
             barrier.wait()
             results.append(migrations.migrate(db, settings))
@@ -103,7 +103,7 @@ def test_three_instances_migrating_at_once_apply_each_migration_once(stack):
     assert errors == []
     versions = [v for v, _ in migrations.migration_files()]
     assert sorted(results, key=len) == [[], [], versions]
-    db = Database(settings.database_url, 1, 5, 3)
+    db = Database(settings.database_url, 1, 5, settings.db_connect_options)
     try:
         rows = db.fetch_all("SELECT version FROM schema_migrations ORDER BY version")
         assert [r["version"] for r in rows] == versions
