@@ -35,18 +35,23 @@ export ANSIBLE_CONFIG := $(ROOT)/ansible/ansible.cfg
 
 .PHONY: help deps vagrant-deps vagrant-box vagrant-up vagrant-verify vagrant-down venv requirements lint test test-service test-molecule test-cluster up down dev seed clean loadtest bench bench-stats openloop restore-drill chaos canary-demo chaos-cluster
 
-help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
-
-deps: ## install the Debian packages the project uses (only those missing)
+# The recipe lines that install the Debian packages of a list that are missing: $(call apt_install,LIST).
+define apt_install
 	missing=""
-	for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}' "$$p" 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; done
+	for p in $(1); do dpkg-query -W -f='$${Status}' "$$p" 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; done
 	if [ -n "$$missing" ]; then
 	  echo "installing:$$missing"
 	  export DEBIAN_FRONTEND=noninteractive
 	  apt-get update -qq
 	  apt-get install -y -qq --no-install-recommends $$missing >/dev/null
 	fi
+endef
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+
+deps: ## install the Debian packages the project uses (only those missing)
+	$(call apt_install,$(APT_PACKAGES))
 
 # Every package pinned with its hashes (requirements-dev.txt, compiled by `make requirements`):
 # pip refuses anything unpinned or whose bytes differ. pip itself is Debian's (python3-venv).
@@ -139,14 +144,7 @@ VAGRANT_ENV := VAGRANT_HOME=$(VAGRANT_STATE)/vagrant.d VAGRANT_CHECKPOINT_DISABL
 VAGRANT := cd $(ROOT)/vagrant && env $(VAGRANT_ENV) PATH=$(BIN):$$PATH vagrant
 
 vagrant-deps: ## the Debian packages of the Vagrant path (vagrant, vagrant-libvirt, libvirt, qemu; only those missing)
-	missing=""
-	for p in $(VAGRANT_APT_PACKAGES); do dpkg-query -W -f='$${Status}' "$$p" 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; done
-	if [ -n "$$missing" ]; then
-	  echo "installing:$$missing"
-	  export DEBIAN_FRONTEND=noninteractive
-	  apt-get update -qq
-	  apt-get install -y -qq --no-install-recommends $$missing >/dev/null
-	fi
+	$(call apt_install,$(VAGRANT_APT_PACKAGES))
 
 vagrant-box: vagrant-deps ## build the Debian 12 box for Vagrant's libvirt provider from Debian packages, add it to Vagrant (VAGRANT_BOX)
 	start=$$(date +%s)
