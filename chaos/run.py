@@ -40,6 +40,9 @@ OBSERVE = 30.0
 # How long an experiment may run from its fault to its end: the cold links it needs. One that
 # waits for an alert holds its fault up to hold_until_alert's timeout (150 s).
 LONGEST = {True: 150 + 90, False: 120}
+# How far back the sink's messages are read to see whether a page is still unresolved: longer
+# than any experiment, shorter than the gap between two runs of the suite.
+PAGES_LOOKBACK = 1800
 
 
 def links(base: str, headers: dict[str, str], tag: str, count: int) -> list[dict]:
@@ -122,6 +125,9 @@ def run_one(path: Path, inventory: Path, headers: dict[str, str]) -> tuple[Row, 
     db = actions.host(config, "db")
     tag = f"{path.stem}-{uuid.uuid4().hex[:8]}"
     actions.wait_healthy(config)  # the previous experiment's aftermath is over
+    # ... and its pages resolved, or this one's page would join their group unsent.
+    if still := actions.wait_pages_resolved(config, since=time.time() - PAGES_LOOKBACK):
+        print(f"    pages still firing before {path.stem}: {sorted(still)}", flush=True)
     hot = links(base, headers, tag + "-hot", HOT_LINKS)
     longest = LONGEST[bool(ext.get("alert"))]
     cold = links(base, headers, tag + "-cold", int(RATES["cold"] * (longest + WARMUP + OBSERVE)))
