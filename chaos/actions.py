@@ -7,8 +7,6 @@ on anything but the hosts of that inventory.
 
 from __future__ import annotations
 
-import json
-import re
 import shlex
 import subprocess
 import time
@@ -17,15 +15,11 @@ from pathlib import Path
 import requests
 
 from chaos import memcg
-from chaos.lab import ROOT, inventory_hosts, psql, ssh
+from chaos.lab import ROOT, host, inventory_hosts, psql, ssh
+from chaos.sink import alert_received
 
 LOCKER = "chaos-lock"  # application_name of the session that holds the lock on urls
 FULL_FS = "/var/lib/postgresql/chaos-full"  # the size-limited filesystem of the disk-full fault
-SINK = "http://127.0.0.1:9095/messages"  # the Discord sink on the monitoring host
-
-
-def host(configuration: dict, group: str = "db") -> str:
-    return inventory_hosts(Path(configuration["inventory"]))[group][0]
 
 
 def base_url(configuration: dict) -> str:
@@ -339,62 +333,6 @@ def stop_delay(configuration: dict, group: str = "app") -> str:
 
 
 # --- the Discord sink ----------------------------------------------------------------------------
-
-
-def firing_messages(configuration: dict, since: float) -> list[dict]:
-    """The messages the sink received after `since` (epoch seconds) that report firing alerts."""
-    out = ssh(host(configuration, "monitoring"), f"curl -sf '{SINK}?since={since}'", check=False)
-    try:
-        messages = json.loads(out or "[]")
-    except ValueError:
-        return []
-    return [m for m in messages if "[FIRING" in json.dumps(m, ensure_ascii=False)]
-
-
-# The title of a Discord message, as the alertmanager role's template writes it:
-# "[FIRING:2] RedisDown (critical)" or "[RESOLVED] RedisDown (critical)".
-_TITLE = re.compile(r"\[(FIRING|RESOLVED)(?::\d+)?\] (\w+)")
-
-
-def pages_still_firing(configuration: dict, since: float) -> set[str]:
-    """Alert names whose latest message at the sink since `since` reported them firing."""
-    out = ssh(host(configuration, "monitoring"), f"curl -sf '{SINK}?since={since}'", check=False)
-    try:
-        return still_firing(json.loads(out or "[]"))
-    except ValueError:
-        return set()
-
-
-def still_firing(messages: list[dict]) -> set[str]:
-    """Alert names whose latest message (by received_at) reports them firing."""
-    latest: dict[str, str] = {}
-    for message in sorted(messages, key=lambda m: m["received_at"]):
-        titles = [embed.get("title") or "" for embed in message.get("embeds") or []]
-        for match in _TITLE.finditer("\n".join([message.get("content") or "", *titles])):
-            latest[match.group(2)] = match.group(1)
-    return {name for name, status in latest.items() if status == "FIRING"}
-
-
-def wait_pages_resolved(configuration: dict, since: float, timeout: float = 420) -> set[str]:
-    """Waits until every page sent since `since` was followed by its resolution; returns the
-    names still firing at the timeout.
-
-    Alertmanager notifies a new firing only for a new group: an alert that fires again
-    before its group was flushed as resolved (group_interval: 1 min for pages, 5 min for
-    warnings) joins the old group and no message comes. The first full run's 06 (Redis hung,
-    right after 05, Redis stopped) showed "RedisDown not received" for that reason."""
-    deadline = time.monotonic() + timeout
-    while (firing := pages_still_firing(configuration, since)) and time.monotonic() < deadline:
-        time.sleep(5)
-    return firing
-
-
-def alert_received(alert: str, configuration: dict, since: float) -> float | None:
-    """Epoch seconds at which the sink first received a firing message naming the alert."""
-    for message in firing_messages(configuration, since):
-        if alert in json.dumps(message, ensure_ascii=False):
-            return float(message["received_at"])
-    return None
 
 
 def hold_until_alert(alert: str, configuration: dict, timeout: float = 150, least: float = 20) -> float:

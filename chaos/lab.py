@@ -41,6 +41,11 @@ def inventory_hosts(inventory: Path) -> dict[str, list[str]]:
     return {group: [address[name] for name in names] for group, names in members.items()}
 
 
+def host(configuration: dict, group: str = "db") -> str:
+    """The first host of `group` in the experiment's inventory (configuration["inventory"])."""
+    return inventory_hosts(Path(configuration["inventory"]))[group][0]
+
+
 @dataclass
 class Answer:
     at: float  # epoch seconds when the request was sent

@@ -25,7 +25,7 @@ import requests
 from chaoslib.experiment import run_experiment
 from chaoslib.loader import load_experiment
 
-from chaos import actions, report
+from chaos import actions, report, sink
 from chaos.lab import ROOT, Traffic, inventory_hosts
 from chaos.measure import Row, fill
 
@@ -126,7 +126,7 @@ def run_one(path: Path, inventory: Path, headers: dict[str, str]) -> tuple[Row, 
     tag = f"{path.stem}-{uuid.uuid4().hex[:8]}"
     actions.wait_healthy(config)  # the previous experiment's aftermath is over
     # ... and its pages resolved, or this one's page would join their group unsent.
-    if still := actions.wait_pages_resolved(config, since=time.time() - PAGES_LOOKBACK):
+    if still := sink.wait_pages_resolved(config, since=time.time() - PAGES_LOOKBACK):
         print(f"    pages still firing before {path.stem}: {sorted(still)}", flush=True)
     hot = links(base, headers, tag + "-hot", HOT_LINKS)
     longest = LONGEST[bool(ext.get("alert"))]
@@ -168,7 +168,7 @@ def run_one(path: Path, inventory: Path, headers: dict[str, str]) -> tuple[Row, 
     )
     fill(row, answers, db)
     if row.alert:
-        received = actions.alert_received(row.alert, config, fault_at - 1)
+        received = sink.alert_received(row.alert, config, fault_at - 1)
         row.alert_after = None if received is None else received - fault_at
     report.timeline(row, answers)
     print(f"    {row}", flush=True)

@@ -1,10 +1,10 @@
-"""chaos/actions.still_firing: which pages the Discord sink last saw firing. The suite waits
+"""chaos/sink.still_firing: which pages the Discord sink last saw firing. The suite waits
 for them to resolve before the next experiment, or that experiment's page joins a group
 Alertmanager already notified and never reaches the sink (the first full run's 06)."""
 
 from __future__ import annotations
 
-from chaos.actions import still_firing
+from chaos.sink import still_firing
 
 
 def _message(at: float, title: str, description: str = "") -> dict:
