@@ -81,3 +81,9 @@ def test_the_series_equal_json_aggs_on_generated_clicks(sql):
             assert json.loads(series) == json.loads(sql(plain, params)[0][0]), params
             counted += sum(b["clicks"] for b in json.loads(series))
     assert counted > 1000  # the ranges held clicks, not only empty buckets
+
+
+def test_the_spans_primary_key_holds_the_sums(sql):
+    # Migration 0009: /stats/top reads the runs' sums from the index alone (an index-only scan).
+    definition = sql("SELECT pg_get_indexdef('click_spans_pkey'::regclass)")[0][0]
+    assert definition.endswith("(days, start_day, url_id) INCLUDE (clicks, bots, uniques)"), definition
