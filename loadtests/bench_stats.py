@@ -48,7 +48,7 @@ CODE_PREFIX = "bs-"
 TARGETS_MS = {"stats_day": 100.0, "stats_hour": 100.0, "top": 250.0}
 # The owner's URL (the migrations' role) from the service's environment files, for psql.
 OWNER_PSQL = labssh.with_app_env(
-    '. /etc/shortener/migrate.env && psql "$SHORTENER_MIGRATE_DATABASE_URL" -X -q -At -v ON_ERROR_STOP=1 -f -'
+    'psql "$SHORTENER_MIGRATE_DATABASE_URL" -X -q -At -v ON_ERROR_STOP=1 -f -', migrate=True
 )
 
 # What the generated clicks look like (weights by repetition): a few big values and a tail.

@@ -26,9 +26,12 @@ APP_ENV = "/etc/shortener/shortener.env"
 APP_MIGRATE_ENV = "/etc/shortener/migrate.env"
 
 
-def with_app_env(command: str) -> str:
-    """A shell command run in the service's directory with its environment file loaded."""
-    return f"cd {APP_SRC} && set -a && . {APP_ENV} && set +a && {command}"
+def with_app_env(command: str, migrate: bool = False) -> str:
+    """A shell command run in the service's directory with its environment file loaded, and
+    the schema owner's too (``SHORTENER_MIGRATE_DATABASE_URL``) if ``migrate``."""
+    files = [APP_ENV, APP_MIGRATE_ENV] if migrate else [APP_ENV]
+    loads = " && ".join(f". {f}" for f in files)
+    return f"cd {APP_SRC} && set -a && {loads} && set +a && {command}"
 
 
 def psql(host: str, query: str) -> str:
@@ -75,7 +78,7 @@ def load_seed(host: str, seed_dir: Path) -> str:
     return ssh(
         host,
         f"rm -rf {remote} && mkdir -p {remote} && tar -C {remote} -xf - && "
-        + with_app_env(f"set -a && . {APP_MIGRATE_ENV} && set +a && {APP_VENV}/bin/python -m app.seed {remote}"),
+        + with_app_env(f"{APP_VENV}/bin/python -m app.seed {remote}", migrate=True),
         stdin=buf.getvalue(),
     )
 

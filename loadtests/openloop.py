@@ -38,7 +38,6 @@ import csv
 import io
 import math
 import os
-import resource
 import secrets
 import shutil
 import subprocess
@@ -49,6 +48,7 @@ from urllib.parse import urlparse
 
 from labkit.hosts import DEFAULT_TARGET
 from loadtests import apikey, bench, labssh
+from loadtests.cpu import ChildrenCpu
 
 HERE = Path(__file__).resolve().parent
 
@@ -71,7 +71,7 @@ def run_step(url: str, rate: int, connections: int, per_process: int, seconds: i
     # so the processes start spread over one period: bursts of --per-process requests at even
     # intervals, not one burst of every connection at once.
     period = 1 / qps
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    children = ChildrenCpu()
     started = time.monotonic()
     procs = []
     for k, size in enumerate(sizes):
@@ -91,8 +91,7 @@ def run_step(url: str, rate: int, connections: int, per_process: int, seconds: i
             latencies.append(float(row["response-time"]))
             statuses[row["status-code"]] = statuses.get(row["status-code"], 0) + 1
     wall = time.monotonic() - started
-    used = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = (used.ru_utime - usage.ru_utime) + (used.ru_stime - usage.ru_stime)
+    cpu = children.seconds()
     out.write_text("".join(raw))
     latencies.sort()
     ok = statuses.get("302", 0)

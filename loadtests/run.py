@@ -20,7 +20,6 @@ import argparse
 import contextlib
 import csv
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -31,6 +30,7 @@ from urllib.parse import urlparse
 
 from labkit.hosts import DEFAULT_TARGET, is_lab_address
 from loadtests import apikey, labssh
+from loadtests.cpu import ChildrenCpu
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -156,7 +156,7 @@ def watch_locust(args: argparse.Namespace, cmd: list[str], prefix: Path, ramp: i
     overstays. Returns its exit status, the host's peak memory (MiB) and Locust's CPU as a
     fraction of one core."""
     started = time.monotonic()
-    usage_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    children = ChildrenCpu()
     mem_peak = -1
     with open(f"{prefix}.out", "wb") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=locust_env(args), cwd=HERE)
@@ -171,10 +171,8 @@ def watch_locust(args: argparse.Namespace, cmd: list[str], prefix: Path, ramp: i
             if elapsed > args.step_seconds + 60:
                 proc.kill()
                 print("    locust did not stop in time: killed", flush=True)
-    usage_after = resource.getrusage(resource.RUSAGE_CHILDREN)
     # Locust's own CPU (all its processes, once they have exited), as a fraction of one core.
-    cpu_seconds = usage_after.ru_utime + usage_after.ru_stime - usage_before.ru_utime - usage_before.ru_stime
-    return proc.returncode, mem_peak, cpu_seconds / max(1.0, time.monotonic() - started)
+    return proc.returncode, mem_peak, children.seconds() / max(1.0, time.monotonic() - started)
 
 
 def step_from_stats(args: argparse.Namespace, users: int, prefix: Path, **measured: float) -> Step:
