@@ -286,7 +286,9 @@ def explain(host: str, name: str, hot_id: int, start: date, end: date) -> str:
     out = []
     for query in queries:
         text = query % {k: _literal(v) for k, v in params.items()}
-        out.append(labssh.psql(host, "EXPLAIN (ANALYZE, BUFFERS) " + " ".join(text.split())))
+        # As the API sends it: STATS_TOP after its settings, in one transaction (one -c string).
+        settings = sql_stats.STATS_TOP_SETTINGS + "; " if query is sql_stats.STATS_TOP else ""
+        out.append(labssh.psql(host, settings + "EXPLAIN (ANALYZE, BUFFERS) " + " ".join(text.split())))
     return "\n\n".join(out)
 
 

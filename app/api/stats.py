@@ -143,7 +143,10 @@ def top_links() -> Response:
         "owner_id": access.owner_filter(),
         "limit": limit,
     }
-    rows = services().db.fetch_all(sql_stats.STATS_TOP, params)
+    with services().db.transaction() as cur:
+        cur.execute(sql_stats.STATS_TOP_SETTINGS)
+        cur.execute(sql_stats.STATS_TOP, params)
+        rows = cur.fetchall()
     links = [
         {
             "url_id": r["url_id"],
