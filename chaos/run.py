@@ -125,8 +125,10 @@ def run_one(path: Path, inventory: Path, headers: dict[str, str]) -> tuple[Row, 
     db = actions.host(config, "db")
     tag = f"{path.stem}-{uuid.uuid4().hex[:8]}"
     actions.wait_healthy(config)  # the previous experiment's aftermath is over
-    # ... and its pages resolved, or this one's page would join their group unsent.
-    if still := sink.wait_pages_resolved(config, since=time.time() - PAGES_LOOKBACK):
+    # ... and the pages that would hold this one's back resolved (their group flushed).
+    if ext.get("alert") and (
+        still := sink.wait_pages_resolved(config, ext["alert"], since=time.time() - PAGES_LOOKBACK)
+    ):
         print(f"    pages still firing before {path.stem}: {sorted(still)}", flush=True)
     hot = links(base, headers, tag + "-hot", HOT_LINKS)
     longest = LONGEST[bool(ext.get("alert"))]

@@ -4,7 +4,7 @@ Alertmanager already notified and never reaches the sink (the first full run's 0
 
 from __future__ import annotations
 
-from chaos.sink import still_firing
+from chaos.sink import blockers, still_firing
 
 
 def _message(at: float, title: str, description: str = "") -> dict:
@@ -43,3 +43,10 @@ def test_only_titles_count_not_the_text_of_a_description() -> None:
 
 def test_no_messages_nothing_firing() -> None:
     assert still_firing([]) == set()
+
+
+def test_an_alert_waits_for_itself_and_for_what_inhibits_it_only() -> None:
+    """Read from the alertmanager role's defaults: ShortenerDown inhibits ShortenerInstanceDown."""
+    assert blockers("ShortenerInstanceDown") == {"ShortenerInstanceDown", "ShortenerDown"}
+    assert "RedisDown" in blockers("ShortenerEdgeDegraded")
+    assert blockers("HostDiskFull") == {"HostDiskFull"}
