@@ -16,9 +16,18 @@ def _series_json(fields: dict[str, str]) -> str:
     return f"""COALESCE('[' || string_agg(concat({", ".join(parts)}, '}}'), ', ' ORDER BY b.t) || ']', '[]')"""
 
 
-_HOUR = {"clicks": "COALESCE(h.clicks, 0)", "humans": "COALESCE(h.clicks - h.bots, 0)", "bots": "COALESCE(h.bots, 0)"}
-_DAY = {"clicks": "COALESCE(d.clicks, 0)", "humans": "COALESCE(d.clicks - d.bots, 0)", "bots": "COALESCE(d.bots, 0)"}
-_DAY["unique_visitors"] = "COALESCE(d.uniques, 0)"
+def _counts(alias: str) -> dict[str, str]:
+    """A bucket's counts from the rollup row ``alias`` (NULL for an empty bucket: zeros)."""
+    return {
+        "clicks": f"COALESCE({alias}.clicks, 0)",
+        "humans": f"COALESCE({alias}.clicks - {alias}.bots, 0)",
+        "bots": f"COALESCE({alias}.bots, 0)",
+    }
+
+
+_HOUR = _counts("h")
+# Unique visitors are counted per day only (click_daily).
+_DAY = {**_counts("d"), "unique_visitors": "COALESCE(d.uniques, 0)"}
 
 # Unique visitors exist per day: those of the whole days the range touches (up to day_end).
 # OFFSET 0 keeps the link's hours one range scan, hashed and joined to the buckets: without it
