@@ -48,6 +48,11 @@ KEY_PREFIX = "shortener:url:"
 # cache when Redis is back instead.
 LOST_INVALIDATIONS_MAX = 10_000
 NEGATIVE = "-"
+# How every client of ours decodes what Redis returns. The click stream carries visitors'
+# header text: one entry that is not UTF-8 (written by anything but app/redirect_hit.lua's
+# callers, which send UTF-8) must cost that entry a replacement character, not fail every read
+# of the stream: the worker would stop at it for good, and GET /events with it.
+DECODE_ERRORS = "replace"
 TOMBSTONE = "!"
 
 # Reads a link and, on a hit, queues its click: the one script the Nginx edge runs as well.
@@ -183,6 +188,7 @@ class Cache:
                 socket_timeout=socket_timeout,
                 socket_connect_timeout=connect_timeout,
                 decode_responses=True,
+                encoding_errors=DECODE_ERRORS,
                 health_check_interval=0,
                 # redis-py retries a failed call three times by default: that would multiply
                 # every timeout before the breaker could even count a failure.

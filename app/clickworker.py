@@ -29,7 +29,7 @@ import redis
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 from redis.exceptions import RedisError, ResponseError
 
-from app import clickparse, clicks, clickstore
+from app import cache, clickparse, clicks, clickstore
 from app.config import Settings, get_settings
 from app.db import Database, DatabaseUnavailable
 from app.logs import configure_logging
@@ -245,6 +245,18 @@ class ClickWorker:
                 delay = min(delay * 2, 10.0)
 
 
+def stream_client(settings: Settings) -> redis.Redis:
+    """The worker's Redis client: its reads block up to clickworker_block_ms, so its socket
+    timeout is longer; text decoded as the service's own client does (cache.DECODE_ERRORS)."""
+    return redis.Redis.from_url(
+        settings.redis_url,
+        socket_timeout=max(settings.redis_socket_timeout, settings.clickworker_block_ms / 1000 + 2),
+        socket_connect_timeout=settings.redis_connect_timeout,
+        decode_responses=True,
+        encoding_errors=cache.DECODE_ERRORS,
+    )
+
+
 def main() -> int:
     settings = get_settings()
     configure_logging(settings.log_level)
@@ -256,12 +268,7 @@ def main() -> int:
         start_http_server(int(port), addr=host or "127.0.0.1")
     threads = settings.clickworker_threads
     db = Database(settings.database_url, threads + 1, 10.0, settings.db_connect_options)
-    client = redis.Redis.from_url(
-        settings.redis_url,
-        socket_timeout=max(settings.redis_socket_timeout, settings.clickworker_block_ms / 1000 + 2),
-        socket_connect_timeout=settings.redis_connect_timeout,
-        decode_responses=True,
-    )
+    client = stream_client(settings)
     # A stable name per host and unit lets a restarted worker find its own pending entries
     # at once; claim_stale covers the rest.
     name = os.environ.get("SHORTENER_CLICKWORKER_NAME") or f"{socket.gethostname()}-clickworker"

@@ -18,7 +18,7 @@ from tests.conftest import make_settings
 def worker_parts(clean):
     settings = make_settings(clean, clickworker_batch_size=50, clickworker_block_ms=100)
     db = Database(settings.database_url, 2, 5, settings.db_connect_options)
-    client = redis_lib.Redis.from_url(settings.redis_url, decode_responses=True, socket_timeout=5)
+    client = clickworker.stream_client(settings)
     yield settings, db, client
     db.close()
     client.close()
@@ -139,6 +139,36 @@ def test_malformed_stream_entries_are_dropped_not_fatal(worker_parts, sql, redis
     assert worker.step() == 1
     assert redis.xlen(settings.click_stream) == 0
     assert click_count(sql) == 0
+
+
+def test_an_entry_that_is_not_utf8_is_stored_not_a_poison_for_the_stream(client, make_url, worker_parts, sql, redis):
+    """Header text reaches the stream as bytes from whatever wrote it: an invalid byte costs
+    that click a replacement character, never the worker's next read (or every one after)."""
+    settings, db, rclient = worker_parts
+    url = make_url()
+    worker = clickworker.ClickWorker(settings, db, rclient, "w")
+    worker.ensure_group()
+    burst(client, url["short_code"], 1)
+    raw = redis_lib.Redis.from_url(settings.redis_url)  # bytes in, as a foreign writer sends them
+    raw.xadd(
+        settings.click_stream,
+        {
+            "c": "bad-utf8-1",
+            "u": str(url["id"]),
+            "o": "",
+            "t": "2026-12-01T01:00:00",
+            "r": b"https://r/caf\xe9",
+            "s": url["short_code"],
+        },
+    )
+    raw.close()
+    burst(client, url["short_code"], 1)
+    while worker.step():
+        pass
+    assert click_count(sql) == 3
+    assert redis.xlen(settings.click_stream) == 0
+    referrer = sql("SELECT details->>'referrer' FROM events WHERE click_id = 'bad-utf8-1'")[0][0]
+    assert referrer == "https://r/caf\ufffd"
 
 
 def test_main_refuses_to_run_without_redis(monkeypatch):

@@ -100,6 +100,23 @@ def test_a_hit_is_answered_by_the_edge_like_the_instances_and_queues_the_same_cl
     assert len(row["click_id"]) == 24 and edge_click[clicks.F_TIME] < "9999" and "T" in edge_click[clicks.F_TIME]
 
 
+def test_header_bytes_that_are_not_utf8_are_queued_by_the_edge_as_by_the_instances(
+    edge: edge_nginx.Edge, make_url: Any, redis: redis_lib.Redis
+) -> None:
+    """A latin-1 referrer byte and a user agent longer than the edge's cut (2,048 bytes, in the
+    middle of a two-byte character) end up as the same stored text either way."""
+    code = make_url(original_url="https://example.com/headers")["short_code"]
+    sent = {"Referer": b"https://r/caf\xe9", "User-Agent": b"ua caf\xc3\xa9 " + b"\xc3\xa9" * 1100}
+    for request_id in ("hdr-miss", "hdr-hit"):
+        headers = {"X-Request-ID": request_id, **sent}
+        requests.get(f"{edge.base_url}/{code}", headers=headers, allow_redirects=False, timeout=10)
+    assert edge.access_of("hdr-miss")["edge"] == "miss" and edge.access_of("hdr-hit")["edge"] == "hit"
+    stored = {f[clicks.F_REQUEST_ID]: clicks.row_from_fields(f)["details"] for f in stream_clicks(redis, code)}
+    assert stored["hdr-hit"]["referrer"] == stored["hdr-miss"]["referrer"] == "https://r/caf\u00e9"
+    assert stored["hdr-hit"]["user_agent"] == stored["hdr-miss"]["user_agent"]
+    assert stored["hdr-hit"]["user_agent"].startswith("ua caf\u00e9 \u00e9\u00e9")
+
+
 def test_deactivate_reactivate_and_delete_take_effect_at_once_through_the_edge(
     edge: edge_nginx.Edge, client: Any, make_url: Any, redis: redis_lib.Redis
 ) -> None:
