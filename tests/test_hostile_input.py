@@ -251,6 +251,25 @@ def test_the_drain_before_a_listing_is_bounded(app_factory, redis, sql):
     assert sql("SELECT count(*) FROM events WHERE event_type = 'click'") == [(8,)]
 
 
+def test_a_queued_click_that_is_not_utf8_does_not_break_the_listing(app_factory, redis, sql):
+    """The drain before GET /events reads the stream with the service's own client: a foreign
+    entry with latin-1 bytes is listed with a replacement character, not a 500."""
+    import redis as redis_lib
+
+    app = app_factory()
+    client = app.test_client()
+    url = client.post("/urls", json={"original_url": "https://example.com/x"}).get_json()
+    settings = app.extensions["shortener"].settings
+    raw = redis_lib.Redis.from_url(settings.redis_url)
+    fields = {"c": "latin1-click", "u": str(url["id"]), "o": "", "t": "2026-12-01T01:00:00", "s": url["short_code"]}
+    raw.xadd(settings.click_stream, {**fields, "a": b"agent \xe9"})
+    raw.close()
+    listed = client.get(f"/events?url_id={url['id']}&event_type=click")
+    assert listed.status_code == 200
+    assert [e["details"]["user_agent"] for e in listed.get_json()] == ["agent \ufffd"]
+    assert redis.xlen(settings.click_stream) == 1  # listed from the table; the worker still acknowledges it
+
+
 @pytest.mark.parametrize(
     "leading, filters, bound",
     [
