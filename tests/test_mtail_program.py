@@ -20,6 +20,8 @@ from pathlib import Path
 import jinja2
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 ROOT = Path(__file__).resolve().parent.parent
 NGINX_CONF = ROOT / "ansible" / "roles" / "nginx" / "templates" / "nginx.conf.j2"
@@ -45,7 +47,7 @@ def line(**fields: str | int | float) -> str:
         "shortener_request_id": "0123456789abcdef0123456789abcdef",
         "remote_addr": "10.0.0.9",
         "shortener_method": "GET",
-        "request_uri": "/abc",
+        "shortener_log_uri": "/abc",
         "server_protocol": "HTTP/1.1",
         "status": 302,
         "body_bytes_sent": 0,
@@ -56,8 +58,8 @@ def line(**fields: str | int | float) -> str:
         "upstream_connect_time": "",
         "upstream_header_time": "",
         "shortener_limit_refused": "",
-        "http_referer": "",
-        "http_user_agent": "curl/7.88.1",
+        "shortener_log_referer": "",
+        "shortener_log_user_agent": "curl/7.88.1",
         "shortener_edge": "",
         "shortener_edge_breaker": "",
     }
@@ -74,7 +76,7 @@ def line(**fields: str | int | float) -> str:
 def upstream(status: int, seconds: str = "0.020", uri: str = "/urls", **fields: str | int) -> str:
     """An answer an instance sent."""
     return line(
-        request_uri=uri,
+        shortener_log_uri=uri,
         status=status,
         request_time=seconds,
         upstream_addr="127.0.0.1:8001",
@@ -138,7 +140,7 @@ def test_every_answer_is_counted_by_who_answered_and_route(tmp_path):
         # internal redirect, which runs the server's `set $shortener_edge ""` again: the line
         # has no edge field (seen on the lab host), so it counts as route "api".
         line(
-            request_uri="/abd",
+            shortener_log_uri="/abd",
             status=502,
             upstream_addr="127.0.0.1:8001",
             upstream_status="502",
@@ -154,11 +156,13 @@ def test_every_answer_is_counted_by_who_answered_and_route(tmp_path):
         # API: an instance's 201 and 500, Nginx's 429 of the create limit and its 405.
         upstream(201),
         upstream(500, uri="/users"),
-        line(request_uri="/urls", status=429, shortener_limit_refused="create"),
-        line(request_uri="/urls", status=405, shortener_method="BREW"),
+        line(shortener_log_uri="/urls", status=429, shortener_limit_refused="create"),
+        line(shortener_log_uri="/urls", status=405, shortener_method="BREW"),
         # A URI and a user agent that try to fake fields: escaped, so they cannot.
         upstream(
-            200, uri='/users?q=","edge":"hit","edge_breaker":"open"', http_user_agent='x","uri":"/health","protocol":"'
+            200,
+            uri='/users?q=","edge":"hit","edge_breaker":"open"',
+            shortener_log_user_agent='x","uri":"/health","protocol":"',
         ),
     ]
     samples = run_mtail(tmp_path, lines)
@@ -202,3 +206,24 @@ def test_histogram_buckets_bound_the_alert_thresholds():
     for threshold in thresholds:
         assert threshold in buckets, f"{threshold} s is not a bucket bound"
     assert buckets[0] <= 0.001
+
+
+def utf8_pattern() -> re.Pattern[bytes]:
+    """The nginx role's test of client text before it is logged (its maps' regex), as bytes."""
+    found = re.search(r"\{% set utf8_pattern %\}(.*?)\{% endset %\}", NGINX_CONF.read_text())
+    assert found, "no utf8_pattern in nginx.conf.j2"
+    return re.compile(found.group(1).encode())
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.one_of(st.binary(max_size=40), st.text(max_size=20).map(lambda t: t.encode("utf-8", "surrogatepass"))))
+def test_the_log_pattern_passes_exactly_the_utf8_that_python_reads(data: bytes) -> None:
+    """What the access log takes as it is is what a strict UTF-8 reader (mtail, Python, the
+    log console) accepts: no invalid byte, overlong form or surrogate; NUL aside (Nginx
+    refuses it before anything is logged)."""
+    try:
+        data.decode("utf-8")
+        valid = b"\x00" not in data
+    except UnicodeDecodeError:
+        valid = False
+    assert bool(utf8_pattern().fullmatch(data)) is valid

@@ -8,6 +8,7 @@ requests go through raw sockets: `requests` would normalise them into harmless o
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import socket
@@ -122,6 +123,10 @@ HOSTILE = {
         request("GET /health HTTP/1.1", "Host: x", *(f"X-Flood-{i}: {'f' * 20}" for i in range(2000))),
         {431},
     ),
+    # Not a URI: Gunicorn answered these with an HTML page echoing the request line.
+    "latin-1 byte in the path": (request("GET /caf\xe9 HTTP/1.1", "Host: x", "Connection: close"), {400}),
+    "latin-1 byte in a link's query": (request("GET /abc?q=\xe9 HTTP/1.1", "Host: x", "Connection: close"), {400}),
+    "UTF-8 bytes in the path": (request("GET /caf\xc3\xa9 HTTP/1.1", "Host: x", "Connection: close"), {400}),
     "folded header": (request("GET /health HTTP/1.1", "Host: x", "X-A: 1", " folded", "Connection: close"), {400}),
     "body too large": (
         request("POST /urls HTTP/1.1", "Host: x", "Content-Type: application/json", "Content-Length: 50000000"),
@@ -343,6 +348,29 @@ def test_nginx_answers_are_counted_by_mtail(host, address):
     # mtail reads the access log as a member of adm: a local user outside it may not.
     refused = host.run(f"setpriv --reuid=nobody --regid=nogroup --clear-groups head -c1 {ACCESS_LOG}")
     assert refused.rc != 0 and "Permission denied" in refused.stderr, refused.stderr
+
+
+def test_text_that_is_not_utf8_is_logged_as_such_and_mtail_counts_on(host, address):
+    """A stranger's bytes that are not UTF-8 (in the path, a Referer, a User-Agent) reach the
+    access log as "(not UTF-8)": the file stays UTF-8, and mtail counts every line after them
+    (one such line once stopped it for good, and every Nginx metric with it)."""
+    marker = uuid.uuid4().hex
+    before = mtail_metrics(host)
+    start = int(host.check_output(f"stat -c %s {ACCESS_LOG}"))
+    assert Answer(send_raw(address, request("GET /caf\xe9 HTTP/1.1", "Host: x", "Connection: close"))).json()
+    for header in ("Referer: https://r/caf\xe9", "User-Agent: caf\xe9 \xc3"):
+        sent = request("GET /health HTTP/1.1", "Host: x", f"X-Request-ID: {marker}", header, "Connection: close")
+        assert Answer(send_raw(address, sent)).status == 200
+    brew(address, 3)
+    deadline = time.monotonic() + 15
+    while mtail_metrics(host).get(KEY405, 0) - before.get(KEY405, 0) < 3 and time.monotonic() < deadline:
+        time.sleep(1)
+    assert mtail_metrics(host).get(KEY405, 0) - before.get(KEY405, 0) >= 3, "mtail stopped counting"
+    recent = host.check_output(f"tail -c +{start + 1} {ACCESS_LOG} | base64 -w0")
+    lines = [json.loads(text) for text in base64.b64decode(recent).decode("utf-8").splitlines()]
+    ours = [entry for entry in lines if entry["request_id"] == marker]
+    assert [(e["referer"], e["user_agent"]) for e in ours] == [("(not UTF-8)", ""), ("", "(not UTF-8)")], ours
+    assert any(e["uri"] == "(not UTF-8)" and e["status"] == 400 for e in lines)
 
 
 ACCESS_LOG = "/var/log/nginx/access.log"
