@@ -140,7 +140,8 @@ VAGRANT_GRAFANA ?= false
 VMHOST  := cd $(ROOT) && SHORTENER_VAGRANT_STATE_DIR=$(VAGRANT_STATE) VAGRANT_HOME=$(VAGRANT_STATE)/vagrant.d VAGRANT_CHECKPOINT_DISABLE=1 python3 -m vagrant.vmhost
 VAGRANT_ENV := VAGRANT_HOME=$(VAGRANT_STATE)/vagrant.d VAGRANT_CHECKPOINT_DISABLE=1 VAGRANT_DEFAULT_PROVIDER=libvirt \
                SHORTENER_VAGRANT_BOX=$(VAGRANT_BOX) SHORTENER_VAGRANT_LIBVIRT_DRIVER=$(VAGRANT_LIBVIRT_DRIVER) \
-               SHORTENER_VAGRANT_GRAFANA=$(VAGRANT_GRAFANA) SHORTENER_VAGRANT_BOOT_TIMEOUT=1800
+               SHORTENER_VAGRANT_GRAFANA=$(VAGRANT_GRAFANA) SHORTENER_VAGRANT_BOOT_TIMEOUT=1800 \
+               SHORTENER_VAGRANT_CONSOLE_LOG=$(VAGRANT_STATE)/console.log
 VAGRANT := cd $(ROOT)/vagrant && env $(VAGRANT_ENV) PATH=$(BIN):$$PATH vagrant
 
 vagrant-deps: ## the Debian packages of the Vagrant path (vagrant, vagrant-libvirt, libvirt, qemu; only those missing)
@@ -155,6 +156,7 @@ vagrant-up: venv vagrant-deps ## boot the VM with libvirt (starting its daemons)
 	$(VAGRANT) box list | grep -q '^$(VAGRANT_BOX) ' || { echo "no box $(VAGRANT_BOX): make vagrant-box first"; exit 1; }
 	# qemu under nice (the machine is shared; under emulation the VM takes every core it is given).
 	export SHORTENER_VAGRANT_EMULATOR=$$($(VMHOST) start --nice $(VAGRANT_NICE))
+	rm -f $(VAGRANT_STATE)/console.log  # libvirt appends: this boot's only
 	start=$$(date +%s)
 	$(VAGRANT) up --provider=libvirt --no-provision
 	boot=$$(( $$(date +%s) - start ))

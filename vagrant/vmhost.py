@@ -264,8 +264,13 @@ def write_emulator_wrapper(nice: int) -> Path:
     STATE_DIR.mkdir(parents=True, exist_ok=True)
     STATE_DIR.chmod(0o755)  # qemu runs as libvirt-qemu and must reach this file
     path = STATE_DIR / "qemu-system-x86_64-nice"
-    path.write_text(f'#!/bin/sh\nexec nice -n {nice} /usr/bin/qemu-system-x86_64 "$@"\n')
-    path.chmod(0o755)
+    text = f'#!/bin/sh\nexec nice -n {nice} /usr/bin/qemu-system-x86_64 "$@"\n'
+    # Rewritten only when it changes: libvirt probes an emulator again (a qemu run, a minute
+    # under emulation) whenever the binary's ctime differs from its capabilities cache's.
+    if not path.is_file() or path.read_text() != text:
+        path.write_text(text)
+    if path.stat().st_mode & 0o777 != 0o755:
+        path.chmod(0o755)
     return path
 
 

@@ -62,6 +62,21 @@ def test_a_pid_file_names_the_daemon_only_while_that_process_runs_it(run_dir) ->
     assert vmhost.daemon_pid("virtlogd") is None
 
 
+def test_the_qemu_wrapper_is_rewritten_only_when_its_niceness_changes(tmp_path, monkeypatch) -> None:
+    # libvirt probes an emulator whose ctime changed again: an unchanged wrapper must keep its.
+    monkeypatch.setattr(vmhost, "STATE_DIR", tmp_path / "state")
+    wrapper = vmhost.write_emulator_wrapper(10)
+    assert wrapper.read_text().splitlines()[1] == 'exec nice -n 10 /usr/bin/qemu-system-x86_64 "$@"'
+    assert wrapper.stat().st_mode & 0o777 == 0o755
+    first = wrapper.stat().st_ctime_ns
+    time.sleep(0.02)
+    assert vmhost.write_emulator_wrapper(10) == wrapper
+    assert wrapper.stat().st_ctime_ns == first
+    vmhost.write_emulator_wrapper(5)
+    assert "nice -n 5 " in wrapper.read_text()
+    assert wrapper.stat().st_ctime_ns != first
+
+
 def test_commands_other_than_root_are_refused(monkeypatch) -> None:
     if os.geteuid() == 0:
         monkeypatch.setattr(os, "geteuid", lambda: 1000)
