@@ -120,6 +120,19 @@ def test_every_drop_in_is_loaded(host):
     assert not missing, missing
 
 
+def test_nginx_loads_only_the_modules_it_uses(host):
+    # lua-nginx-redis pulls in nginx-extras, whose twenty modules Debian enables: the nginx role
+    # loads the edge's two and nothing else (Perl, nchan, mail, stream... would sit in every
+    # worker). Read from a running worker's memory map, not the configuration.
+    if "lb" not in groups_of(host):
+        pytest.skip("no Nginx on this host")
+    edge = host.ansible.get_variables().get("nginx_edge_enabled", True)
+    worker = host.check_output("pgrep -f -o 'nginx: worker process'")
+    maps = host.check_output(f"cat /proc/{worker}/maps")
+    loaded = set(re.findall(r"/usr/lib/nginx/modules/(\w+)\.so", maps))
+    assert loaded == ({"ndk_http_module", "ngx_http_lua_module"} if edge else set()), loaded
+
+
 # --- Redis ACL users ----------------------------------------------------------------------------
 
 
