@@ -123,8 +123,10 @@ up: venv ## deploy the whole stack to a local lab host and print where it answer
 # One VM under libvirt from a box built here (no box can be downloaded), provisioned by
 # vagrant/Vagrantfile with site.yml. Not in `make deps` or CI: libvirt and qemu are big, and the
 # VM is slow where KVM does not work (emulation).
+# sudo: under mitogen the controller's own tasks (delegate_to: localhost) become root with it,
+# as Vagrant's inventory asks (ansible_become for all), even when Ansible already runs as root.
 VAGRANT_APT_PACKAGES := vagrant vagrant-libvirt libvirt-daemon-system qemu-system-x86 qemu-utils \
-                        dnsmasq-base debootstrap e2fsprogs iptables
+                        dnsmasq-base debootstrap e2fsprogs iptables sudo
 VAGRANT_BOX     ?= shortener/debian12
 # The VM's libvirt network (Vagrant's management network, NAT): vagrant/Vagrantfile's defaults.
 VAGRANT_NETWORK := shortener-vagrant
@@ -135,6 +137,10 @@ VAGRANT_STATE   ?= /var/lib/shortener-vagrant
 # or a nested KVM that boots no stock Debian kernel) means emulation.
 VAGRANT_LIBVIRT_DRIVER ?= $(shell [ -e /sys/module/kvm_intel ] || [ -e /sys/module/kvm_amd ] && echo kvm || echo qemu)
 VAGRANT_NICE    ?= 10
+# Ansible's mitogen strategy for the provisioning (true or false): one Python kept in the VM
+# instead of a new one per task, which is what an emulated VM spends its time on (measured:
+# docs/deployment.md, "Vagrant").
+VAGRANT_MITOGEN ?= true
 # Grafana's package repository is not a registry this machine may reach (make up's lab skips it too).
 VAGRANT_GRAFANA ?= false
 VMHOST  := cd $(ROOT) && SHORTENER_VAGRANT_STATE_DIR=$(VAGRANT_STATE) VAGRANT_HOME=$(VAGRANT_STATE)/vagrant.d VAGRANT_CHECKPOINT_DISABLE=1 python3 -m vagrant.vmhost
@@ -161,6 +167,9 @@ vagrant-up: venv vagrant-deps ## boot the VM with libvirt (starting its daemons)
 	$(VAGRANT) up --provider=libvirt --no-provision
 	boot=$$(( $$(date +%s) - start ))
 	echo "VM up (SSH answers) in $$boot s, driver $(VAGRANT_LIBVIRT_DRIVER); provisioning with site.yml"
+	if [ "$(VAGRANT_MITOGEN)" = true ]; then
+	  export ANSIBLE_STRATEGY=mitogen_linear ANSIBLE_STRATEGY_PLUGINS=$$($(PY) -c 'import ansible_mitogen, os; print(os.path.join(os.path.dirname(ansible_mitogen.__file__), "plugins", "strategy"))')
+	fi
 	$(VAGRANT) provision || { echo "provisioning FAILED after $$(( $$(date +%s) - start - boot )) s"; exit 1; }
 	addr=$$($(VAGRANT) ssh-config | awk '$$1 == "HostName" {print $$2}')
 	echo

@@ -38,7 +38,16 @@ STATE_DIR = Path(os.environ.get("SHORTENER_VAGRANT_STATE_DIR", "/var/lib/shorten
 BOX_NAME = "shortener/debian12"
 # What Vagrant and Ansible need on top of the lab's base: a kernel to boot, and ifupdown with a
 # DHCP client, which both Debian's official boxes and Vagrant's Debian guest plugin expect.
-BOX_PACKAGES = (*BASE_PACKAGES, "linux-image-amd64", "initramfs-tools", "ifupdown", "isc-dhcp-client")
+# python3-apt: Ansible's apt module installs it itself when it is missing, then imports it; under
+# mitogen (make vagrant-up) that import fails in the Python it keeps, so the box brings it.
+BOX_PACKAGES = (
+    *BASE_PACKAGES,
+    "linux-image-amd64",
+    "initramfs-tools",
+    "ifupdown",
+    "isc-dhcp-client",
+    "python3-apt",
+)
 # The one disk, virtio (vagrant-libvirt's default bus), is the root file system: no partitions.
 ROOT_DEVICE = "/dev/vda"
 # net.ifnames=0: the NIC is eth0 whatever slot libvirt gives it (the interfaces file names it).

@@ -32,7 +32,8 @@ def test_the_box_metadata_is_a_libvirt_qcow2_box() -> None:
 
 
 def test_the_box_has_what_vagrant_and_ansible_need() -> None:
-    for package in ("openssh-server", "sudo", "python3", "linux-image-amd64", "ifupdown", "isc-dhcp-client"):
+    packages = ("openssh-server", "sudo", "python3", "python3-apt", "linux-image-amd64", "ifupdown", "isc-dhcp-client")
+    for package in packages:
         assert package in vmhost.BOX_PACKAGES
 
 
