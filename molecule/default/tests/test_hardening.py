@@ -126,11 +126,14 @@ def test_nginx_loads_only_the_modules_it_uses(host):
     # worker). Read from a running worker's memory map, not the configuration.
     if "lb" not in groups_of(host):
         pytest.skip("no Nginx on this host")
-    edge = host.ansible.get_variables().get("nginx_edge_enabled", True)
+    variables = host.ansible.get_variables()
+    wanted = set(variables.get("nginx_modules", []))
+    if variables.get("nginx_edge_enabled", True):
+        wanted |= {"ndk_http_module", "ngx_http_lua_module"}
     worker = host.check_output("pgrep -f -o 'nginx: worker process'")
     maps = host.check_output(f"cat /proc/{worker}/maps")
     loaded = set(re.findall(r"/usr/lib/nginx/modules/(\w+)\.so", maps))
-    assert loaded == ({"ndk_http_module", "ngx_http_lua_module"} if edge else set()), loaded
+    assert loaded == wanted, loaded
 
 
 # --- Redis ACL users ----------------------------------------------------------------------------
