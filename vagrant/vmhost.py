@@ -184,8 +184,23 @@ def configure_rootfs(root: Path, mirror: str, security_mirror: str) -> None:
     with contextlib.suppress(FileNotFoundError):
         (root / "var/lib/dbus/machine-id").unlink()
     run([*chroot, "apt-get", "clean"], quiet=True)
-    shutil.rmtree(root / "var/lib/apt/lists", ignore_errors=True)
-    (root / "var/lib/apt/lists/partial").mkdir(parents=True)
+    empty_apt_lists(root)
+
+
+def empty_apt_lists(root: Path) -> None:
+    """No package lists in the box (stale the day after), and nothing that says they are fresh.
+
+    Ansible's apt module (`update_cache` with `cache_valid_time`) takes the lists folder's mtime
+    for the time of the last update when apt's success stamp is missing: a folder recreated at
+    the build would be an hour's "fresh" cache with no lists in it, and a VM provisioned within
+    the hour of its box's build failed with "No package matching 'curl' is available".
+    """
+    lists = root / "var/lib/apt/lists"
+    shutil.rmtree(lists, ignore_errors=True)
+    (lists / "partial").mkdir(parents=True)
+    with contextlib.suppress(FileNotFoundError):
+        (root / "var/lib/apt/periodic/update-success-stamp").unlink()
+    os.utime(lists, (0, 0))
 
 
 def make_image(root: Path, work: Path, size_gb: int) -> None:

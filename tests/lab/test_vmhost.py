@@ -37,6 +37,20 @@ def test_the_box_has_what_vagrant_and_ansible_need() -> None:
         assert package in vmhost.BOX_PACKAGES
 
 
+def test_the_box_has_no_package_lists_and_nothing_calls_its_cache_fresh(tmp_path) -> None:
+    lists = tmp_path / "var/lib/apt/lists"
+    (lists / "partial").mkdir(parents=True)
+    (lists / "deb.debian.org_debian_dists_bookworm_InRelease").write_text("stale")
+    stamp = tmp_path / "var/lib/apt/periodic/update-success-stamp"
+    stamp.parent.mkdir(parents=True)
+    stamp.touch()
+    vmhost.empty_apt_lists(tmp_path)
+    assert [p.name for p in lists.iterdir()] == ["partial"]  # apt needs partial/ to update
+    assert not stamp.exists()
+    # What Ansible's apt module reads as the last update (no stamp): older than any cache_valid_time.
+    assert lists.stat().st_mtime == 0
+
+
 @pytest.fixture
 def run_dir(tmp_path, monkeypatch):
     monkeypatch.setattr(vmhost, "RUN_DIR", tmp_path)
