@@ -150,6 +150,32 @@ def test_postgres_down_health_is_503_and_api_errors_are_json(app_factory, clean,
     assert len(client.get(f"/events?url_id={url['id']}&event_type=click").get_json()) == 4
 
 
+def test_redis_and_postgres_both_down_a_redirect_is_a_json_503(app_factory, clean, make_url):
+    # Nothing can say where the code goes: a JSON 503 with Retry-After, not a hang or a 500.
+    # A Redis read slower than its timeout opens the breaker and leads here too while
+    # PostgreSQL is down (tests/test_clickloss.py's own_server, CI beside a VM, 2026-12-01).
+    client = app_factory(db_connect_timeout=1).test_client()
+    url = make_url()
+    clean.stop_redis()
+    clean.stop_postgres()
+    try:
+        redirect = client.get(f"/{url['short_code']}")
+        assert redirect.status_code == 503
+        assert "error" in redirect.get_json() and redirect.headers["Retry-After"] == "5"
+        health = client.get("/health")
+        assert health.status_code == 503
+        assert health.get_json()["database"] == "unavailable" and health.get_json()["cache"] == "degraded"
+    finally:
+        clean.start_postgres()
+        clean.start_redis()
+    deadline = time.monotonic() + 15
+    while client.get("/health").get_json().get("cache") != "ok" and time.monotonic() < deadline:
+        time.sleep(0.3)
+    assert client.get(f"/{url['short_code']}").status_code == 302
+    # Only the redirect that was served is a click: the refused one recorded nothing.
+    assert len(client.get(f"/events?url_id={url['id']}&event_type=click").get_json()) == 1
+
+
 def test_pool_exhausted_is_503_not_a_hang(app_factory):
     app = app_factory(db_pool_max=1, db_pool_timeout=0.2)
     client = app.test_client()
