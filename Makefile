@@ -182,8 +182,14 @@ VAGRANT_INVENTORY := $(ROOT)/vagrant/.vagrant/provisioners/ansible/inventory/vag
 VAGRANT_VERIFY    ?= molecule/default/tests
 vagrant-verify: venv ## the default scenario's verify tests against the VM (VAGRANT_VERIFY='file ...' for some)
 	[ -e $(VAGRANT_INVENTORY) ] || { echo "no $(VAGRANT_INVENTORY): make vagrant-up first"; exit 1; }
-	cd $(ROOT) && PATH=$(BIN):$$PATH MOLECULE_INVENTORY_FILE=$(VAGRANT_INVENTORY) $(PY) -m pytest -p no:cacheprovider \
-	  --connection=ansible --ansible-inventory=$(VAGRANT_INVENTORY) $(VAGRANT_VERIFY)
+	# The provisioning reads two inventory sources (Vagrant's file, inventories/vagrant's group_vars);
+	# testinfra takes one: a folder holding both, so the tests see the variables the play saw.
+	inv=$(VAGRANT_STATE)/verify-inventory
+	rm -rf $$inv && mkdir -p $$inv
+	ln -s $(VAGRANT_INVENTORY) $$inv/hosts
+	ln -s $(ROOT)/ansible/inventories/vagrant/group_vars $$inv/group_vars
+	cd $(ROOT) && PATH=$(BIN):$$PATH MOLECULE_INVENTORY_FILE=$$inv $(PY) -m pytest -p no:cacheprovider \
+	  --connection=ansible --ansible-inventory=$$inv $(VAGRANT_VERIFY)
 
 vagrant-down: ## destroy the VM, remove its libvirt network, stop the libvirt daemons vagrant-up started
 	if ! command -v vagrant >/dev/null; then echo "vagrant is not installed: nothing to remove"; exit 0; fi
