@@ -10,6 +10,7 @@ import pytest
 
 from app.cache import KEY_PREFIX
 from app.config import Settings
+from tests.http_helpers import wait_for
 
 
 @pytest.fixture
@@ -168,9 +169,7 @@ def test_redis_and_postgres_both_down_a_redirect_is_a_json_503(app_factory, clea
     finally:
         clean.start_postgres()
         clean.start_redis()
-    deadline = time.monotonic() + 15
-    while client.get("/health").get_json().get("cache") != "ok" and time.monotonic() < deadline:
-        time.sleep(0.3)
+    wait_for("the breaker's probe to find Redis", lambda: client.get("/health").get_json()["cache"] == "ok", 15, 0.3)
     assert client.get(f"/{url['short_code']}").status_code == 302
     # Only the redirect that was served is a click: the refused one recorded nothing.
     assert len(client.get(f"/events?url_id={url['id']}&event_type=click").get_json()) == 1

@@ -163,10 +163,11 @@ def test_reboot_brings_everything_back_without_data_loss(host, api, base):
     wait_rebooted(host, booted, timeout=600)
     wait_healthy(base, timeout=180)
     # One instance behind Nginx is enough for /health; the others may still be starting.
-    deadline = time.monotonic() + 180
+    timeout = 180
+    deadline = time.monotonic() + timeout
     while (down := [u for u in UNITS if not host.service(u).is_running]) and time.monotonic() < deadline:
         time.sleep(2)
-    assert down == [], f"not running {180} s after the reboot: {down}"
+    assert down == [], f"not running {timeout} s after the reboot: {down}"
     assert api.get(f"{base}/urls/{url['id']}", timeout=5).status_code == 200
     assert len(api.get(f"{base}/events", params=params, timeout=5).json()) == 3
     follow = requests.get(f"{base}/{url['short_code']}", allow_redirects=False, timeout=5)
